@@ -271,8 +271,10 @@ def _spec_paths(specs: tuple[Path, ...]) -> list[Path]:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads.")
 @click.option("--refresh", is_flag=True, help="Re-measure every block, not just the missing ones.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table path and counts as one JSON object.")
 @user_errors
-def latency_measure(target: str, specs: tuple[Path, ...], threads: int, refresh: bool, no_progress: bool) -> None:
+def latency_measure(target: str, specs: tuple[Path, ...], threads: int, refresh: bool, no_progress: bool,
+                    as_json: bool) -> None:
     """Time every distinct block of the spaces on this machine into latency_tables/host.json."""
     from tqdm import tqdm
 
@@ -290,7 +292,10 @@ def latency_measure(target: str, specs: tuple[Path, ...], threads: int, refresh:
     bar = tqdm(total=len(blocks), desc="measure host blocks", disable=no_progress, unit="block")
     table, measured = measure_host_table(sorted(blocks), threads, refresh, progress=lambda _b: bar.update(1))
     bar.close()
-    click.echo(f"{table}: measured {measured} block(s); {len(blocks) - measured} already present")
+    if as_json:
+        _echo_json({"table": str(table), "measured": measured, "present": len(blocks) - measured})
+    else:
+        click.echo(f"{table}: measured {measured} block(s); {len(blocks) - measured} already present")
 
 
 @main.command()

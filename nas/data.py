@@ -191,7 +191,7 @@ def load(spec: DataSpec) -> Splits:
     else:
         assert path is not None
         x_train, y_train, x_test, y_test = _load_folder(path)
-    images, labels = _to_tensor(x_train), torch.as_tensor(np.asarray(y_train), dtype=torch.int64)
+    images, labels = _to_tensor(x_train), torch.as_tensor(np.array(y_train, copy=True), dtype=torch.int64)
     if len(images) != len(labels):
         raise NASError(f"data: {len(images)} training images but {len(labels)} labels")
     generator = torch.Generator().manual_seed(spec.seed)
@@ -208,7 +208,7 @@ def load(spec: DataSpec) -> Splits:
         test_images, test_labels = images[test_idx], labels[test_idx]
     else:
         test_images = _to_tensor(x_test)
-        test_labels = torch.as_tensor(np.asarray(y_test), dtype=torch.int64)
+        test_labels = torch.as_tensor(np.array(y_test, copy=True), dtype=torch.int64)
     x_tr = images[train_idx]
     mean = x_tr.mean(dim=(0, 2, 3), keepdim=True)
     std = x_tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

@@ -68,6 +68,7 @@ def write_table(data: dict[str, Any], path: Path) -> None:
         with os.fdopen(handle, "w") as out:
             json.dump(data, out, indent=1, sort_keys=True)
             out.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a table is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,24 @@ def load_target(name: str, directory: Path | None = None) -> LatencyModel:
     if kind is None:
         raise LatencyError(f"{path}: provenance {table['provenance']!r} has no model; known: {sorted(_MODEL_KINDS)}")
     return kind(name, table, path)
+
+
+@register_target_kind("fitted")
+class FittedTableModel(LatencyModel):
+    """A model fitted per block kind to a device's measurements; blocks outside the fitted range are flagged."""
+
+    def __init__(self, name: str, table: dict[str, Any], path: Path):
+        super().__init__(name, table, path)
+        from nas.latency.fitted import FittedLatencyModel
+
+        try:
+            self.model = FittedLatencyModel.from_dict(table["model"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LatencyError(f"{path}: model: cannot read the fitted coefficients ({exc})") from None
+
+    def predict_block(self, block: Block) -> tuple[float, bool]:
+        if block.kind == "head" and block.expand == 0:
+            # Our head is 1x1 conv cin -> C, pool, linear C -> classes; the measured (ElasticViT) head is
+            # 1x1 conv cin -> expand*cin, pool, linear -> 1984. Map C to the nearest expand ratio.
+            block = replace(block, expand=max(1, round(block.cout / block.cin)), cout=1984, num_classes=0)
+        return self.model.predict(block)

@@ -1,0 +1,1 @@
+"""Latency models per target: measured tables, fitted models and their importers."""

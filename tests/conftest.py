@@ -1,0 +1,66 @@
+"""Shared fixtures: the tiny digits spec, and a workspace where the `nas` CLI runs as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPEC = Path(__file__).resolve().parent / "specs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_spec_path() -> Path:
+    return TINY_SPEC
+
+
+@dataclass
+class Workspace:
+    """A folder with its own store, runs and latency tables, where `nas` commands run in subprocesses."""
+
+    path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NAS_LATENCY_TABLES"] = str(self.path / "latency_tables")
+        env["NAS_STORE"] = f"sqlite:///{self.path / 'nas.db'}"
+        env["NAS_RUNS"] = str(self.path / "runs")
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=self.path, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"nas {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        return proc
+
+    def run_json(self, *args: str) -> object:
+        return json.loads(self.run(*args, "--json").stdout.strip().splitlines()[-1])
+
+
+def make_workspace(path: Path) -> Workspace:
+    (path / "latency_tables").mkdir(parents=True, exist_ok=True)
+    return Workspace(path)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return make_workspace(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
+    """One end-to-end run on the tiny space: measure host latency, then search (trains the supernet)."""
+    ws = make_workspace(tmp_path_factory.mktemp("e2e"))
+    ws.run("latency", "measure", "--target", "host", "--spec", str(TINY_SPEC), "--no-progress")
+    result = ws.run_json("search", str(TINY_SPEC), "--target", "host", "--no-progress")
+    assert isinstance(result, dict)
+    return ws, result
