@@ -318,6 +318,45 @@ def targets(as_json: bool) -> None:
             click.echo(f"  validation: {json.dumps(info['validation'])[:300]}")
 
 
+@main.command()
+@click.option("--store", "store_url", help=STORE_HELP)
+def doctor(store_url: str | None) -> None:
+    """Check this environment: packages, the Fashion-MNIST files, latency tables, the store."""
+    import importlib
+
+    from nas.data import FASHION_MNIST_DIR
+    from nas.latency.tables import tables_dir
+    from nas.latency.targets import available_targets
+
+    problems = 0
+
+    def report(ok: bool, what: str, detail: str) -> None:
+        nonlocal problems
+        problems += not ok
+        click.echo(f"{'ok ' if ok else 'BAD'} {what}: {detail}")
+
+    for module in ("torch", "ray", "optuna", "sqlalchemy", "onnx", "psycopg", "spu"):
+        try:
+            version = getattr(importlib.import_module(module), "__version__", "installed")
+            report(True, module, str(version))
+        except ImportError:
+            optional = module in ("psycopg", "spu")
+            click.echo(f"{'-- ' if optional else 'BAD'} {module}: not installed"
+                       + (" (optional extra)" if optional else ""))
+            problems += not optional
+    fashion = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    report(fashion.exists(), "fashion-mnist", str(fashion.parent) if fashion.exists()
+           else "missing: `apt-get install dataset-fashion-mnist`")
+    names = available_targets()
+    report(bool(names), "latency targets", f"{', '.join(names) or 'none'} in {tables_dir()}")
+    try:
+        with _store(store_url) as store:
+            report(True, "store", f"{store.url} ({len(store.jobs())} jobs)")
+    except NASError as exc:
+        report(False, "store", str(exc))
+    sys.exit(1 if problems else 0)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

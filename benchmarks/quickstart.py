@@ -1,7 +1,7 @@
 """Benchmark: the README quickstart, end to end from an empty store (train, search, store, export the front).
 
     python benchmarks/quickstart.py            # the real quickstart spec (<= 10 minutes on 2 cores)
-    python benchmarks/quickstart.py --quick    # 1 epoch on 20k images, 40 candidates (<= 3 minutes)
+    python benchmarks/quickstart.py --quick    # 1 epoch on 10k images, 24 candidates (<= 3 minutes)
 
 Last line: one JSON object with wall_s, candidates_per_s, best_test_accuracy, pareto_size (and the machine).
 """
@@ -30,8 +30,8 @@ def main() -> None:
     raw = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     if args.quick:
         raw["train"]["epochs"] = 1
-        raw["data"]["limit"] = 20000
-        raw["search"].update(candidates=40, population=10)
+        raw["data"]["limit"] = 10000
+        raw["search"].update(candidates=24, population=8)
     with tempfile.TemporaryDirectory(prefix="nas-bench-quickstart-") as tmp:
         work = Path(tmp)
         spec_path = work / "quickstart.yaml"
