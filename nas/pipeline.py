@@ -21,6 +21,7 @@ from nas.data import Splits, check_source, data_hash, load
 from nas.errors import NASError
 from nas.evaluate import Evaluator, accuracy, make_evaluator
 from nas.latency.targets import LatencyModel, load_target
+from nas.sampling import check_train
 from nas.search import CandidateResult, Problem, RayOptions, run_search
 from nas.space import ArchConfig, SearchSpace
 from nas.spec import Spec, load_spec, parse_spec
@@ -50,6 +51,12 @@ class Context:
         return f"{self.spec.training_hash()}-{data_hash(self.spec.data)}"
 
 
+def load_checked(spec_path: str | Path) -> Spec:
+    """A spec that passed every check that needs no data: schema, sampler buckets, teacher file, data files."""
+    spec, _ = validate(spec_path)
+    return spec
+
+
 def load_context(spec: Spec) -> Context:
     splits = load(spec.data)
     return Context(spec, splits, SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes))
@@ -61,8 +68,10 @@ def validate(spec_path: str | Path) -> tuple[Spec, int]:
     The space is counted without loading the data (input channels and classes do not change the count).
     """
     spec = load_spec(spec_path)
+    space = SearchSpace(spec.space, 1, 2, spec.deploy.resolution)
+    check_train(spec, space, str(spec_path))
     check_source(spec.data, where=f"{spec_path}: data")
-    return spec, SearchSpace(spec.space, 1, 2, spec.deploy.resolution).count()
+    return spec, space.count()
 
 
 def ensure_supernet(ctx: Context, store: Store, log: Log, resume: bool = False, retrain: bool = False,
@@ -107,8 +116,7 @@ def search_job(spec_path: str | Path, targets: Sequence[str], store: Store, log:
                candidates: int | None = None, export: bool = True, progress: bool = True,
                ray_options: RayOptions | None = None) -> tuple[int, list[CandidateRecord]]:
     """The whole run: validate, train or reuse the supernet, search, store, test the front, export it."""
-    spec = load_spec(spec_path)
-    check_source(spec.data, where=f"{spec_path}: data")
+    spec = load_checked(spec_path)
     ctx = load_context(spec)
     models = load_targets(targets, ctx.space, spec_path)  # fail before anything is stored
     names = list(models)
@@ -274,8 +282,7 @@ def load_export(out_dir: Path) -> torch.nn.Module:
 
 def train_only(spec_path: str | Path, store: Store, log: Log, resume: bool = False, retrain: bool = False,
                progress: bool = True) -> str:
-    spec = load_spec(spec_path)
-    check_source(spec.data, where=f"{spec_path}: data")
+    spec = load_checked(spec_path)
     ctx = load_context(spec)
     ensure_supernet(ctx, store, log, resume=resume, retrain=retrain, progress=progress)
     return str(runs_dir() / "supernets" / ctx.supernet_key / FINAL_NAME)

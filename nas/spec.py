@@ -10,11 +10,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from nas.errors import SpecError
 
@@ -158,16 +169,287 @@ class OptimizerSpec(_Strict):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
+SAMPLER_NAMES = ("uniform", "sandwich", "complexity_aware")
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _is_default(model: BaseModel, skip: tuple[str, ...] = ()) -> bool:
+    """True when every field of `model` outside `skip` holds its declared default."""
+    return all(getattr(model, name) == field.default for name, field in type(model).model_fields.items()
+               if name not in skip)
+
+
+def _without_defaults(model: BaseModel, data: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`data` (the serialised `model`) without the fields left at their defaults: the canonical form, which
+    also re-validates (options that only apply to some settings are not written back where they do not)."""
+    fields = type(model).model_fields
+    return {key: value for key, value in data.items()
+            if key in keep or key not in fields or getattr(model, key) != fields[key].default}
+
+
+class ProbabilitySchedule(_Strict):
+    """The probability of sampling from the performance bank at an epoch:
+    `min(max, start + step * (epoch // every_epochs))` (ElasticViT: 0.2, +0.15 every 100 epochs)."""
+
+    start: UnitFloat = 0.2
+    step: Annotated[float, Field(ge=0.0, le=1.0)] = 0.15
+    every_epochs: PositiveInt = 1
+    max: UnitFloat = 1.0
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @field_validator("max")
+    @classmethod
+    def _max_covers_start(cls, value: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and value < start:
+            raise ValueError(f"max ({value}) must be >= start ({start})")
+        return value
+
+    def at(self, epoch: int) -> float:
+        """The bank probability during (0-based) `epoch`."""
+        return min(self.max, self.start + self.step * (epoch // self.every_epochs))
+
+
+class PerformanceSpec(_Strict):
+    """Performance-aware sampling (ElasticViT): a bank per FLOPs bucket of the `bank_size` best (arch,
+    minibatch loss) pairs; with probability `probability.at(epoch)` a subnet comes from the bank (weights
+    softmax(-loss / temperature)), otherwise the bank picks the best of `candidates` fresh draws."""
+
+    bank_size: PositiveInt = 8
+    candidates: PositiveInt = 3
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    probability: ProbabilitySchedule = ProbabilitySchedule()
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+def _needs_complexity_aware(value: Any, info: ValidationInfo) -> Any:
+    name = info.data.get("name")
+    if name is not None and name != "complexity_aware":
+        raise ValueError(f"only the complexity_aware sampler uses `{info.field_name}`, but the sampler is '{name}'")
+    return value
+
+
+class SamplerSpec(_Strict):
+    """`train.sampler`: a name (`uniform`, `sandwich`, `complexity_aware`) or a mapping with `name` and options.
+
+    `step` lists the subnets of each training step: `max` (largest), `min` (smallest) and `random` (uniform
+    for uniform/sandwich, from the current FLOPs bucket for complexity_aware). Defaults: uniform `[random]`,
+    sandwich `[max, random x num_random, min]`, complexity_aware `[random]`. Buckets come from `edges_mflops`
+    (B+1 increasing boundaries, in millions of `SearchSpace.flops` multiply-accumulates) or from `buckets`
+    equal-mass quantiles of the FLOPs of `estimate_samples` seeded samples of the space (default 8). Between
+    steps the bucket moves by at most `max_bucket_step`: to the least-visited bucket within reach (`walk:
+    balanced`, even coverage in short runs) or by a uniform random delta (`walk: random`, ElasticViT's). A
+    `random` slot takes the first of up to `attempts` uniform samples that falls in the bucket, else a member
+    of the bucket's pool (`pool_size` archs of the estimate sample). `performance` adds ElasticViT's
+    performance-aware sampling (see `PerformanceSpec`). Bucket options apply to `complexity_aware` only.
+
+        sampler: {name: complexity_aware, buckets: 8, max_bucket_step: 1, step: [random, random, random, min],
+                  performance: {bank_size: 8, candidates: 3, probability: {start: 0.2, step: 0.15,
+                                                                           every_epochs: 100, max: 1.0}}}
+    """
+
+    name: Literal["uniform", "sandwich", "complexity_aware"]
+    step: Annotated[list[Literal["max", "random", "min"]], Field(min_length=1)] | None = None
+    buckets: PositiveInt | None = None
+    edges_mflops: Annotated[list[Annotated[float, Field(ge=0.0)]], Field(min_length=2)] | None = None
+    max_bucket_step: Annotated[int, Field(ge=0)] = 1
+    walk: Literal["balanced", "random"] = "balanced"
+    pool_size: PositiveInt = 32
+    attempts: Annotated[int, Field(ge=0)] = 32
+    estimate_samples: Annotated[int, Field(ge=10)] = 2000
+    performance: PerformanceSpec | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    _bucketed = field_validator("buckets", "edges_mflops", "max_bucket_step", "walk", "pool_size", "attempts",
+                                "estimate_samples", "performance")(_needs_complexity_aware)
+
+    @field_validator("step")
+    @classmethod
+    def _extremes_once(cls, value: list[str] | None) -> list[str] | None:
+        for slot in ("max", "min"):
+            if value is not None and value.count(slot) > 1:
+                raise ValueError(f"`{slot}` may appear at most once per step, but got {value}")
+        return value
+
+    @field_validator("edges_mflops")
+    @classmethod
+    def _edges_increase(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if value is None:
+            return value
+        if info.data.get("buckets") is not None:
+            raise ValueError("give either `buckets` (quantile edges) or `edges_mflops`, not both")
+        bad = [f"{a} >= {b}" for a, b in zip(value, value[1:], strict=False) if a >= b]
+        if bad:
+            raise ValueError(f"edges must increase strictly, but got {bad[0]} in {value}")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _short(self, handler: SerializerFunctionWrapHandler) -> str | dict[str, Any]:
+        """A sampler with nothing but its name serialises as the name, as it is usually written."""
+        return self.name if _is_default(self, skip=("name",)) else _without_defaults(self, handler(self), ("name",))
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def bucketed(self) -> bool:
+        return self.name == "complexity_aware"
+
+    @property
+    def num_buckets(self) -> int:
+        if self.edges_mflops is not None:
+            return len(self.edges_mflops) - 1
+        return self.buckets or 8
+
+    def slots(self, num_random: int) -> tuple[str, ...]:
+        """The resolved step: what each subnet of a training step is."""
+        if self.step is not None:
+            return tuple(self.step)
+        if self.name == "sandwich":
+            return ("max", *("random",) * num_random, "min")
+        return ("random",)
+
+
+class DistillSpec(_Strict):
+    """`train.distill`: `inplace` (KL to the largest subnet of the step, when it has one), `none`, or a mapping.
+
+    teacher: `largest` (the step's `max` subnet), `random_mean` (the mean logits of the step's `random`
+    subnets, which train on labels; ElasticViT's [random x3, min]), `external` (a trained model at
+    `checkpoint`: an exported folder from `nas export` or a TorchScript file), `none`. Subnets that are not
+    a teacher learn from the teacher's soft labels with `loss`: `kl` or `alpha` (AlphaNet's adaptive
+    alpha-divergence, clipped between `alpha_min` and `alpha_max`).
+    """
+
+    teacher: Literal["largest", "random_mean", "external", "none"] = "largest"
+    loss: Literal["kl", "alpha"] = "kl"
+    alpha_min: float = -1.0
+    alpha_max: float = 1.0
+    checkpoint: str | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @field_validator("alpha_min", "alpha_max")
+    @classmethod
+    def _alpha_only(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("loss") != "alpha":
+            raise ValueError(f"`{info.field_name}` is only used with `loss: alpha`")
+        if info.field_name == "alpha_max" and "alpha_min" in info.data and value < info.data["alpha_min"]:
+            raise ValueError(f"alpha_max ({value}) must be >= alpha_min ({info.data['alpha_min']})")
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_needs_teacher(cls, value: str, info: ValidationInfo) -> str:
+        if value == "alpha" and info.data.get("teacher") == "none":
+            raise ValueError("`loss: alpha` needs a teacher (teacher is 'none')")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_for_external(cls, value: str | None, info: ValidationInfo) -> str | None:
+        teacher = info.data.get("teacher")
+        if value is not None and teacher not in (None, "external"):
+            raise ValueError(f"a checkpoint is only used with `teacher: external`, but the teacher is '{teacher}'")
+        return value
+
+    @model_validator(mode="after")
+    def _external_needs_checkpoint(self) -> DistillSpec:
+        if self.teacher == "external" and not self.checkpoint:
+            raise ValueError("`teacher: external` needs `checkpoint` (an exported model folder or TorchScript file)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _short(self, handler: SerializerFunctionWrapHandler) -> str | dict[str, Any]:
+        """The two classic settings serialise as they are usually written: `inplace` and `none`."""
+        if _is_default(self):
+            return "inplace"
+        if self.teacher == "none" and _is_default(self, skip=("teacher",)):
+            return "none"
+        return _without_defaults(self, handler(self))
+
+    def __str__(self) -> str:
+        if _is_default(self):
+            return "inplace"
+        return self.teacher if self.loss == "kl" else f"{self.teacher} ({self.loss})"
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher != "none"
+
+    def roles(self, slots: Sequence[str]) -> tuple[str, ...]:
+        """What each subnet of a step learns from: `label` (labels only), `teacher` (labels, and its logits
+        make the soft labels) or `student` (the soft labels).
+
+        largest: `max` teaches the rest (no `max`: every subnet learns from labels); random_mean: the `random`
+        subnets teach `min`, `max` learns from labels; external: every subnet is a student; none: labels.
+        """
+        if self.teacher == "external":
+            return tuple("student" for _ in slots)
+        if self.teacher == "largest" and "max" in slots:
+            return tuple("teacher" if s == "max" else "student" for s in slots)
+        if self.teacher == "random_mean" and "random" in slots:
+            return tuple("teacher" if s == "random" else "student" if s == "min" else "label" for s in slots)
+        return tuple("label" for _ in slots)
+
+
 class TrainSpec(_Strict):
+    """`train`: epochs, optimiser and schedule, the arch sampler, distillation and diagnostics."""
+
     epochs: PositiveInt = 3
-    sampler: Literal["uniform", "sandwich"] = "sandwich"
+    sampler: SamplerSpec = SamplerSpec(name="sandwich")
     num_random: Annotated[int, Field(ge=0)] = 2
-    distill: Literal["inplace", "none"] = "inplace"
+    distill: DistillSpec = DistillSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: Annotated[int, Field(ge=0)] = 50
     seed: int = 0
     threads: PositiveInt | None = None
+    grad_cosine: bool = False
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in SAMPLER_NAMES:
+                close = difflib.get_close_matches(value, SAMPLER_NAMES, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown sampler '{value}'{hint} (known: {', '.join(SAMPLER_NAMES)})")
+            return {"name": value}
+        return value
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _distill_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("inplace", "none"):
+                raise ValueError(f"distill is `inplace`, `none` or a mapping with `teacher`, but got '{value}'")
+            return {} if value == "inplace" else {"teacher": "none"}
+        return value
+
+    @field_validator("distill")
+    @classmethod
+    def _teacher_in_step(cls, value: DistillSpec, info: ValidationInfo) -> DistillSpec:
+        sampler: SamplerSpec | None = info.data.get("sampler")
+        if sampler is None or "num_random" not in info.data or "teacher" not in value.model_fields_set:
+            # The `inplace` shorthand keeps its old meaning: distil when the step has a largest subnet.
+            return value
+        slots = list(sampler.slots(info.data["num_random"]))
+        if value.teacher == "largest" and "max" not in slots:
+            raise ValueError(f"teacher 'largest' needs `max` in train.sampler.step, but the step is {slots}")
+        if value.teacher == "random_mean" and "random" not in slots:
+            raise ValueError(f"teacher 'random_mean' needs `random` in train.sampler.step, but the step is {slots}")
+        if value.enabled and "student" not in value.roles(slots):
+            raise ValueError(f"teacher '{value.teacher}' has no student in the step {slots} "
+                             "(add `min` or `random` subnets)")
+        return value
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The resolved subnets of each training step (see `SamplerSpec.slots`)."""
+        return self.sampler.slots(self.num_random)
 
 
 class SearchSpec(_Strict):

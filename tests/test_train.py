@@ -1,19 +1,24 @@
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
+import nas.train
+from nas import static_model
 from nas.data import load
 from nas.errors import NASError
-from nas.sampling import SandwichSampler, UniformSampler, make_sampler
+from nas.sampling import _SAMPLERS, ArchSampler, SandwichSampler, UniformSampler, make_sampler, register_sampler
 from nas.space import SearchSpace
 from nas.spec import parse_spec
-from nas.train import train_supernet
+from nas.supernet import Supernet
+from nas.train import GradCosine, alpha_divergence_loss, distill_loss, load_teacher, train_supernet
 
 
 def _spec(tiny_spec_path: Path, **train: object):
@@ -37,7 +42,7 @@ def test_sandwich_and_uniform_samplers(tiny_spec_path: Path) -> None:
 def test_unknown_sampler_lists_known_ones(tiny_spec_path: Path) -> None:
     spec = _spec(tiny_spec_path)
     space = SearchSpace.from_spec(spec, 1, 10)
-    with pytest.raises(NASError, match="known: sandwich, uniform"):
+    with pytest.raises(NASError, match="known: complexity_aware, sandwich, uniform"):
         make_sampler(space, spec.train.model_copy(update={"sampler": "nope"}))
 
 
@@ -71,3 +76,214 @@ def test_resume_without_checkpoint_is_an_error(tiny_spec_path: Path, tmp_path: P
     space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
     with pytest.raises(NASError, match="no checkpoint"):
         train_supernet(spec, space, splits, tmp_path, resume=True, progress=False)
+
+
+# ---- sampler lifecycle, resume with a learning sampler, distillation, diagnostics -------------------------
+PERFORMANCE_SAMPLER = {"name": "complexity_aware", "buckets": 3, "estimate_samples": 300,
+                       "step": ["random", "random", "min"],
+                       "performance": {"bank_size": 2, "candidates": 2,
+                                       "probability": {"start": 0.5, "step": 0.25, "every_epochs": 1}}}
+
+
+def test_learning_sampler_resumes_exactly(tiny_spec_path: Path, tmp_path: Path) -> None:
+    """Kill after epoch 1, resume: the same samples follow (same weights, banks, bucket, gradient cosines)."""
+    torch.set_num_threads(1)
+    spec = _spec(tiny_spec_path, epochs=3, sampler=PERFORMANCE_SAMPLER, grad_cosine=True,
+                 distill={"teacher": "random_mean", "loss": "alpha"})
+    splits = load(spec.data)
+    space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+    straight = train_supernet(spec, space, splits, tmp_path / "straight", progress=False)
+    crashed = tmp_path / "resumed" / "checkpoints"
+    crashed.mkdir(parents=True)
+    shutil.copy(tmp_path / "straight" / "checkpoints" / "epoch_1.pt", crashed / "epoch_1.pt")
+    resumed = train_supernet(spec, space, splits, tmp_path / "resumed", resume=True, progress=False)
+
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "epoch_3.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "epoch_3.pt", weights_only=False)
+    assert a["sampler"] == b["sampler"] and a["rng"] == b["rng"]
+    assert sum(len(bank) for bank in a["sampler"]["banks"]) > 0 and a["sampler"]["epoch"] == 2
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert straight.grad_cosine == resumed.grad_cosine and len(straight.grad_cosine) == 3
+    assert all(-1.0 <= c <= 1.0 for c in straight.grad_cosine)
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert [e["grad_cosine"] for e in metrics["epochs"]] == list(straight.grad_cosine)
+    low, high = space.flops(space.smallest()) / 1e6, space.flops(space.largest()) / 1e6
+    assert all(low < e["mean_subnet_mflops"] < high for e in metrics["epochs"])
+    assert resumed.metrics == tmp_path / "resumed" / "metrics.json"
+
+
+class _Recorder(ArchSampler):
+    """A sampler outside the slot family: one random arch, with every lifecycle call recorded."""
+
+    calls: list[tuple[str, int]] = []
+
+    def step(self, rng: random.Random) -> list:
+        self.calls.append(("step", 0))
+        return [self.space.sample(rng)]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.calls.append(("epoch", epoch))
+
+
+def test_epoch_hook_runs_before_each_epoch_and_on_resume(tiny_spec_path: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nas.train, "make_sampler", _Recorder)
+    _Recorder.calls = []
+    spec = _spec(tiny_spec_path, epochs=2)
+    splits = load(spec.data)
+    space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+    train_supernet(spec, space, splits, tmp_path, progress=False)
+    steps = max(1, len(splits.y_train) // spec.data.batch_size)
+    assert _Recorder.calls == [("epoch", 0), *[("step", 0)] * steps, ("epoch", 1), *[("step", 0)] * steps]
+    (tmp_path / "checkpoints" / "epoch_2.pt").unlink()
+    _Recorder.calls = []
+    train_supernet(spec, space, splits, tmp_path, resume=True, progress=False)
+    assert _Recorder.calls == [("epoch", 1), *[("step", 0)] * steps]
+
+
+def test_registered_sampler_is_found_by_name(tiny_spec_path: Path) -> None:
+    register_sampler("_recorder")(_Recorder)
+    try:
+        spec = _spec(tiny_spec_path)
+        space = SearchSpace.from_spec(spec, 1, 10)
+        assert isinstance(make_sampler(space, spec.train.model_copy(update={"sampler": "_recorder"})), _Recorder)
+    finally:
+        _SAMPLERS.pop("_recorder", None)
+
+
+class _Spy:
+    """Records what the trainer's supernet computes and what each student learns from."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.outputs: list[tuple[object, torch.Tensor]] = []
+        self.targets: list[torch.Tensor] = []
+        spy = self
+
+        class RecordingSupernet(Supernet):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                out = super().forward(x)
+                spy.outputs.append((self.active, out.detach().clone()))
+                return out
+
+        original = nas.train.student_loss
+
+        def recording_loss(distill, logits, target):  # type: ignore[no-untyped-def]
+            spy.targets.append(target.clone())
+            return original(distill, logits, target)
+
+        monkeypatch.setattr(nas.train, "Supernet", RecordingSupernet)
+        monkeypatch.setattr(nas.train, "student_loss", recording_loss)
+
+
+def test_random_mean_teacher_is_the_mean_of_the_random_subnets(tiny_spec_path: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = _Spy(monkeypatch)
+    spec = _spec(tiny_spec_path, epochs=1, sampler={"name": "uniform", "step": ["min", "random", "random"]},
+                 distill={"teacher": "random_mean"})
+    splits = load(spec.data)
+    space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+    result = train_supernet(spec, space, splits, tmp_path, progress=False)
+    assert len(spy.targets) == result.steps and len(spy.outputs) == 3 * result.steps
+    for step in range(result.steps):
+        (a1, o1), (a2, o2), (a3, _) = spy.outputs[3 * step:3 * step + 3]
+        assert a3 == space.smallest()  # the student runs after its teachers, although it is listed first
+        assert torch.allclose(spy.targets[step], (o1 + o2) / 2, atol=1e-6)
+
+
+def test_alpha_divergence_matches_kl_and_vanishes_at_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 10)
+    student = torch.randn(6, 10, requires_grad=True)
+    # With alpha = 1 on both sides the divergence is KL(p || q): the surrogate's gradient is KL's gradient.
+    alpha_divergence_loss(student, teacher, 1.0, 1.0).backward()
+    reference = student.detach().clone().requires_grad_(True)
+    distill_loss(reference, teacher).backward()
+    assert student.grad is not None and reference.grad is not None
+    assert torch.allclose(student.grad * 6, reference.grad * 6, atol=1e-5)
+    # The adaptive loss pushes the student toward the teacher and is stationary at it.
+    at_teacher = teacher.clone().requires_grad_(True)
+    alpha_divergence_loss(at_teacher, teacher, -1.0, 1.0).backward()
+    assert at_teacher.grad is not None and at_teacher.grad.abs().max() < 1e-6
+    moved = student.detach().clone().requires_grad_(True)
+    before = F.kl_div(F.log_softmax(moved, -1), F.softmax(teacher, -1), reduction="batchmean").item()
+    alpha_divergence_loss(moved, teacher, -1.0, 1.0).backward()
+    with torch.no_grad():
+        stepped = moved - 0.5 * moved.grad  # type: ignore[operator]
+    after = F.kl_div(F.log_softmax(stepped, -1), F.softmax(teacher, -1), reduction="batchmean").item()
+    assert after < before
+
+
+def _export_folder(space: SearchSpace, splits, out: Path) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+    """A folder laid out as `nas export` writes it, holding a freshly initialised subnet."""
+    torch.manual_seed(1)
+    network = space.describe(space.smallest())
+    net = static_model.build(network).eval()
+    out.mkdir()
+    (out / "network.json").write_text(json.dumps(network))
+    torch.save(net.state_dict(), out / "weights.pt")
+    return net
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit:DeprecationWarning")
+def test_external_teacher_from_an_export_or_torchscript(tiny_spec_path: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(tiny_spec_path, epochs=1)
+    splits = load(spec.data)
+    space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+    net = _export_folder(space, splits, tmp_path / "export")
+    x = splits.x_train[:5]
+    assert torch.allclose(load_teacher(tmp_path / "export", splits)(x), net(x), atol=1e-6)
+    # Trained on other statistics: our normalised inputs are mapped back to the teacher's normalisation.
+    mean, std = [m + 0.1 for m in splits.mean], [s * 2 for s in splits.std]
+    (tmp_path / "export" / "preprocess.json").write_text(json.dumps({"scale": 1 / 255, "mean": mean, "std": std}))
+    raw = x * torch.tensor(splits.std).view(1, -1, 1, 1) + torch.tensor(splits.mean).view(1, -1, 1, 1)
+    theirs = (raw - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    assert torch.allclose(load_teacher(tmp_path / "export", splits)(x), net(theirs), atol=1e-5)
+    scripted = tmp_path / "teacher.torchscript.pt"
+    torch.jit.trace(net, x).save(str(scripted))
+    assert torch.allclose(load_teacher(scripted, splits)(x), net(x), atol=1e-5)
+    exported = tmp_path / "teacher.pt2"
+    batch = torch.export.Dim("batch", min=2)
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes={"x": {0: batch}}), str(exported))
+    assert torch.allclose(load_teacher(exported, splits)(x), net(x), atol=1e-5)
+
+    spy = _Spy(monkeypatch)
+    spec = _spec(tiny_spec_path, epochs=1, sampler="sandwich",
+                 distill={"teacher": "external", "checkpoint": str(scripted)})
+    result = train_supernet(spec, space, splits, tmp_path / "run", progress=False)
+    assert len(spy.targets) == 3 * result.steps  # every subnet of the sandwich learns from the teacher
+    first = splits.x_train[torch.randperm(len(splits.y_train), generator=torch.Generator().manual_seed(0))[:64]]
+    with torch.no_grad():
+        assert torch.allclose(spy.targets[0], net(first), atol=1e-4)
+
+
+def test_unusable_teacher_names_the_field(tiny_spec_path: Path, tmp_path: Path) -> None:
+    spec = _spec(tiny_spec_path)
+    splits = load(spec.data)
+    space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+    with pytest.raises(NASError, match=r"^train.distill.checkpoint: cannot use teacher .*nope"):
+        load_teacher(tmp_path / "nope", splits)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(NASError, match=r"^train.distill.checkpoint: cannot use teacher .*junk.pt"):
+        load_teacher(tmp_path / "junk.pt", splits)
+    other = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes + 3)
+    _export_folder(other, splits, tmp_path / "wide")
+    with pytest.raises(NASError, match=r"returns logits of shape \(13,\), but the data has 10 classes"):
+        load_teacher(tmp_path / "wide", splits)
+    assert space.num_classes == 10
+
+
+def test_grad_cosine_on_shared_weights() -> None:
+    w = torch.nn.Parameter(torch.zeros(4))
+    cosine = GradCosine()
+    w.grad = torch.tensor([1.0, 2.0, 0.0, 0.0])
+    assert cosine.update([w]) is None  # nothing to compare with yet
+    w.grad = torch.tensor([2.0, 4.0, 5.0, 0.0])  # shares the first two weights: same direction there
+    assert cosine.update([w]) == pytest.approx(1.0)
+    w.grad = torch.tensor([-2.0, -4.0, -5.0, 0.0])
+    assert cosine.update([w]) == pytest.approx(-1.0)
+    w.grad = torch.tensor([0.0, 0.0, 0.0, 7.0])  # disjoint: no shared weight
+    assert cosine.update([w]) is None
+    w.grad = None
+    assert cosine.update([w]) is None
