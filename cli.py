@@ -252,7 +252,7 @@ def export(candidate_id: int, out_dir: Path | None, formats: tuple[str, ...], st
 
 @main.group()
 def latency() -> None:
-    """Build and inspect per-device latency tables."""
+    """Build, validate and import per-device latency tables (see `nas targets`)."""
 
 
 def _spec_paths(specs: tuple[Path, ...]) -> list[Path]:
@@ -264,97 +264,219 @@ def _spec_paths(specs: tuple[Path, ...]) -> list[Path]:
     return found
 
 
+def _spaces(specs: tuple[Path, ...]) -> tuple[list[Any], list[str]]:
+    """The search spaces of the specs (default: every search_spaces/*.yaml) and their names."""
+    from nas.pipeline import load_context
+    from nas.spec import load_spec
+
+    paths = _spec_paths(specs)
+    return [load_context(load_spec(path)).space for path in paths], [str(path) for path in paths]
+
+
+def _round_bar(total: int, runtime: str, desc: str, disabled: bool) -> tuple[Any, Callable[[str], None]]:
+    """A progress bar over preparing `total` blocks/networks plus the timing rounds of `runtime`."""
+    from tqdm import tqdm
+
+    from nas.latency.host import session_rounds
+
+    bar = tqdm(total=total + session_rounds(runtime), desc=desc, disable=disabled, unit="step")
+    return bar, lambda _event: bar.update(1)
+
+
 @latency.command("measure")
-@click.option("--target", default="host", show_default=True, help="Only `host` can be measured here.")
+@click.option("--target", default="host", show_default=True,
+              help="Name of the measured table to build (host, or e.g. host-onnxruntime to keep both).")
 @click.option("--spec", "specs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Spec(s) whose blocks to measure (default: every search_spaces/*.yaml).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads.")
+              help="Spec(s) whose blocks to measure (repeatable; default: every search_spaces/*.yaml).")
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="torch eager, or ONNX Runtime (CPU) on each block exported with torch.onnx.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Intra-op threads (one thread is timed with the thread's CPU clock, more with the wall clock).")
+@click.option("--calibration", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Random networks of the specs timed with the blocks to fit the per-network terms (0: none).")
+@click.option("--validate", "validate_n", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also time this many other random networks in the same session and store how well the "
+                   "finished table predicts them.")
 @click.option("--refresh", is_flag=True, help="Re-measure every block, not just the missing ones.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table path and counts as one JSON object.")
 @user_errors
-def latency_measure(target: str, specs: tuple[Path, ...], threads: int, refresh: bool, no_progress: bool,
-                    as_json: bool) -> None:
-    """Time every distinct block of the spaces on this machine into latency_tables/host.json."""
-    from tqdm import tqdm
-
+def latency_measure(target: str, specs: tuple[Path, ...], runtime: str, threads: int, calibration: int,
+                    validate_n: int, refresh: bool, no_progress: bool, as_json: bool) -> None:
+    """Time every distinct block of the spaces on this machine, plus calibration networks, into
+    latency_tables/TARGET.json; then `nas latency validate` measures how well it predicts other networks."""
+    from nas.blocks import Block
+    from nas.latency.host import check_runtime
     from nas.latency.measure import measure_host_table
-    from nas.pipeline import load_context
-    from nas.spec import load_spec
+    from nas.latency.tables import check_target_name
+    from nas.latency.validate import CALIBRATION_SEED, VALIDATION_SEED, random_networks
 
-    if target != "host":
-        raise NASError(f"--target: only `host` is measured on this machine, not {target!r}; import a device's "
-                       "measurements with `nas latency import`")
-    blocks = set()
-    for path in _spec_paths(specs):
-        ctx = load_context(load_spec(path))
-        blocks.update(ctx.space.distinct_blocks())
-    bar = tqdm(total=len(blocks), desc="measure host blocks", disable=no_progress, unit="block")
-    table, measured = measure_host_table(sorted(blocks), threads, refresh, progress=lambda _b: bar.update(1))
+    check_target_name(target)
+    check_runtime(runtime)
+    spaces, names = _spaces(specs)
+    blocks: set[Block] = set()
+    for space in spaces:
+        blocks.update(space.distinct_blocks())
+    networks = random_networks(spaces, calibration, CALIBRATION_SEED, names) if calibration else []
+    held_out = random_networks(spaces, validate_n, VALIDATION_SEED, names,
+                               exclude={n["arch_hash"] for n in networks}) if validate_n else []
+    bar, tick = _round_bar(len(blocks) + len(networks) + len(held_out), runtime, f"measure {target} ({runtime})",
+                           no_progress)
+    table, measured = measure_host_table(sorted(blocks), threads, refresh, progress=tick, runtime=runtime,
+                                         calibration=networks, target=target, validation=held_out,
+                                         spec_names=names)
+    bar.close()
+    from nas.latency.targets import load_target
+
+    stored = load_target(target, table.parent).table
+    fit = stored.get("calibration") or {}
+    validation = stored.get("validation") or {}
+    payload = {"table": str(table), "target": target, "runtime": runtime, "threads": threads, "measured": measured,
+               "present": len(blocks) - measured, "calibration_networks": len(networks),
+               "calibration_in_sample": fit.get("in_sample"),
+               "validation": {k: v for k, v in validation.items() if k != "networks"} or None}
+    if as_json:
+        _echo_json(payload)
+        return
+    click.echo(f"{table}: measured {measured} block(s); {len(blocks) - measured} already present")
+    if fit:
+        click.echo(f"  calibrated on {fit['n']} networks: overhead {fit['overhead_ms']:.3f} ms, scale "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in fit["scale"].items())
+                   + f"; in-sample {100 * fit['in_sample']['within_10pct']:.0f}% within +-10%")
+    if validation:
+        _echo_validation(target, validation)
+    else:
+        click.echo(f"  next: nas latency validate --target {target}" + "".join(f" --spec {n}" for n in names))
+
+
+def _echo_validation(target: str, result: dict[str, Any]) -> None:
+    plain = result["plain_sum"]
+    click.echo(f"{target}: {result['n']} held-out networks ({result['runtime']}, {result['threads']} thread(s), "
+               f"{result['clock']} clock): {100 * result['within_10pct']:.1f}% within +-10%, "
+               f"{100 * result['within_5pct']:.1f}% within +-5%, mean abs error {result['mean_abs_pct_err']:.2f}%, "
+               f"max {result['max_abs_pct_err']:.2f}%  [{result['protocol'].split(':')[0]}]")
+    click.echo(f"  plain sum of blocks: {100 * plain['within_10pct']:.1f}% within +-10%, mean abs error "
+               f"{plain['mean_abs_pct_err']:.2f}% (signed {plain['mean_signed_pct_err']:+.2f}%)")
+    if result.get("drift_pct") is not None:
+        adjusted = result["drift_adjusted"]
+        click.echo(f"  machine drift: the calibration networks now take {result['drift_pct']:+.2f}% vs when the "
+                   f"table was measured; without it: {100 * adjusted['within_10pct']:.1f}% within +-10%, mean abs "
+                   f"error {adjusted['mean_abs_pct_err']:.2f}%")
+        if abs(result["drift_pct"]) > 3:
+            click.echo("  the machine's speed moved by more than 3%: re-measure (--refresh) and validate when it "
+                       "is quiet")
+
+
+@latency.command("validate")
+@click.option("--target", default="host", show_default=True, help="The measured table to validate.")
+@click.option("--spec", "specs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Spec(s) whose random subnets to time (repeatable; default: every search_spaces/*.yaml).")
+@click.option("--n", "count", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Random subnets timed end to end (never the table's calibration networks).")
+@click.option("--seed", type=int, default=2, show_default=True, help="Seed of the random subnets.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the validation figures as one JSON object.")
+@user_errors
+def latency_validate(target: str, specs: tuple[Path, ...], count: int, seed: int, no_progress: bool,
+                     as_json: bool) -> None:
+    """Time N random subnets end to end with the table's runtime and threads, compare them with the table's
+    predictions, and store the share within +-5% / +-10% and the mean and max error in the table."""
+    from nas.latency.tables import table_path
+    from nas.latency.targets import load_target
+    from nas.latency.validate import check_measured, runtime_of, validate_table
+
+    model = load_target(target)  # a missing or broken table fails here, before anything is timed
+    check_measured(model.table, model.path)
+    spaces, names = _spaces(specs)
+    bar, tick = _round_bar(count + len((model.table.get("calibration") or {}).get("networks", [])),
+                           runtime_of(model.table), f"validate {target}", no_progress)
+    result = validate_table(table_path(target), spaces, count, seed, progress=tick, spec_names=names)
     bar.close()
     if as_json:
-        _echo_json({"table": str(table), "measured": measured, "present": len(blocks) - measured})
-    else:
-        click.echo(f"{table}: measured {measured} block(s); {len(blocks) - measured} already present")
+        _echo_json({k: v for k, v in result.items() if k != "networks"})
+        return
+    _echo_validation(target, result)
+
+
+@latency.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["nnmeter-lut"]), required=True,
+              help="Format of FILE: nnmeter-lut = nn-Meter's JSON of block key -> milliseconds.")
+@click.option("--target", required=True, help="Name of the new target (refused if it clashes, unless --force).")
+@click.option("--device", help="Device description stored in the table (default: the file name).")
+@click.option("--force", is_flag=True, help="Replace an existing table or a shipped target of that name.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as one JSON object.")
+@user_errors
+def latency_import(source: Path, fmt: str, target: str, device: str | None, force: bool, as_json: bool) -> None:
+    """Import a device's measured block table as target NAME: exact look-ups where a block was measured, a
+    model fitted to the same file where not (such predictions are flagged)."""
+    from nas.latency.importer import import_table
+
+    path, info = import_table(source, target, fmt, force=force, device=device)
+    if as_json:
+        _echo_json(info)
+        return
+    kinds = ", ".join(f"{k} {v}" for k, v in info["entries_per_kind"].items())
+    click.echo(f"{path}: imported {info['entries']} blocks ({kinds}) as target {target}")
+    if info["fallback_heldout"]:
+        held = info["fallback_heldout"]
+        click.echo(f"  fallback fit, held-out blocks: {100 * held['within_10pct']:.1f}% within +-10% "
+                   f"(mean abs error {held['mean_abs_pct_err']:.2f}%)")
+
+
+def _headline_text(info: dict[str, Any]) -> str:
+    h = info.get("headline") or {}
+    if "within_10pct" in h:
+        text = (f"validated ({h['protocol']}) on {h['networks']} networks: {100 * h['within_10pct']:.1f}% within "
+                f"+-10%, {100 * h['within_5pct']:.1f}% within +-5%, mean abs error {h['mean_abs_pct_err']:.2f}%")
+        if h.get("drift_pct") is not None:
+            text += (f" (machine drift {h['drift_pct']:+.1f}%; without it "
+                     f"{100 * h['drift_adjusted_within_10pct']:.1f}% within +-10%)")
+        return text
+    if "heldout_within_10pct" in h:
+        text = (f"fit: {100 * h['heldout_within_10pct']:.2f}% of {h['heldout_blocks']} held-out blocks within "
+                f"+-10% (mean abs error {h['heldout_mean_abs_pct_err']:.2f}%)")
+        if "network_within_10pct" in h:
+            text += f"; {100 * h['network_within_10pct']:.1f}% of {h['networks']} networks within +-10%"
+        return text
+    if "exact_entries" in h:
+        text = f"{h['exact_entries']} exact entries"
+        if "fallback_heldout_within_10pct" in h:
+            text += (f"; fallback fit: {100 * h['fallback_heldout_within_10pct']:.2f}% of "
+                     f"{h['fallback_heldout_blocks']} held-out blocks within +-10%")
+        return text
+    return "not validated yet" + (f" (run `nas latency validate --target {info['target']}`)"
+                                  if info.get("provenance") == "measured" else "")
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (with the full validation figures).")
 @user_errors
 def targets(as_json: bool) -> None:
     """List latency targets with their provenance and validation figures."""
+    from nas.errors import LatencyError
     from nas.latency.targets import available_targets, load_target
 
-    infos = [load_target(name).summary() for name in available_targets()]
+    infos, broken = [], []
+    for name in available_targets():
+        try:
+            infos.append(load_target(name).summary())
+        except LatencyError as exc:  # list the others, then fail with one line per broken table
+            broken.append(str(exc))
     if as_json:
         _echo_json(infos)
-        return
-    if not infos:
+    elif not infos and not broken:
         click.echo("no latency tables yet: build one with `nas latency measure --target host`")
-    for info in infos:
-        click.echo(f"{info['target']}: {info.get('provenance')} on {info.get('device')} "
-                   f"({info.get('runtime')}, {info.get('threads')} thread(s), {info.get('date')}); {info['path']}")
-        if info.get("validation"):
-            click.echo(f"  validation: {json.dumps(info['validation'])[:300]}")
-
-
-@main.command()
-@click.option("--store", "store_url", help=STORE_HELP)
-def doctor(store_url: str | None) -> None:
-    """Check this environment: packages, the Fashion-MNIST files, latency tables, the store."""
-    import importlib
-
-    from nas.data import FASHION_MNIST_DIR
-    from nas.latency.tables import tables_dir
-    from nas.latency.targets import available_targets
-
-    problems = 0
-
-    def report(ok: bool, what: str, detail: str) -> None:
-        nonlocal problems
-        problems += not ok
-        click.echo(f"{'ok ' if ok else 'BAD'} {what}: {detail}")
-
-    for module in ("torch", "ray", "optuna", "sqlalchemy", "onnx", "psycopg", "spu"):
-        try:
-            version = getattr(importlib.import_module(module), "__version__", "installed")
-            report(True, module, str(version))
-        except ImportError:
-            optional = module in ("psycopg", "spu")
-            click.echo(f"{'-- ' if optional else 'BAD'} {module}: not installed"
-                       + (" (optional extra)" if optional else ""))
-            problems += not optional
-    fashion = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
-    report(fashion.exists(), "fashion-mnist", str(fashion.parent) if fashion.exists()
-           else "missing: `apt-get install dataset-fashion-mnist`")
-    names = available_targets()
-    report(bool(names), "latency targets", f"{', '.join(names) or 'none'} in {tables_dir()}")
-    try:
-        with _store(store_url) as store:
-            report(True, "store", f"{store.url} ({len(store.jobs())} jobs)")
-    except NASError as exc:
-        report(False, "store", str(exc))
-    sys.exit(1 if problems else 0)
+    else:
+        for info in infos:
+            how = info.get("runtime")
+            if info.get("threads") and info.get("provenance") == "measured":
+                how = f"{how}, {info['threads']} thread(s)"
+            click.echo(f"{info['target']}: {info.get('provenance')} on {info.get('device')} ({how}, "
+                       f"{str(info.get('date'))[:10]}); {info['path']}")
+            click.echo(f"  {_headline_text(info)}")
+    if broken:
+        _fail("\n".join(broken))
 
 
 if __name__ == "__main__":
