@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +27,7 @@ import numpy as np
 from nas.blocks import Block
 from nas.errors import NASError
 from nas.latency.fitted import FittedLatencyModel, fit_report, load_nnmeter_json
+from nas.latency.tables import write_table
 
 # Strings that would betray a copied nn-Meter key; a repo hook greps latency_tables/ for them.
 FORBIDDEN_IN_TABLE = ("transattn_", "transffn_", "firstconv_", "transds_", "mbpool_", "hard_swish")
@@ -226,21 +225,12 @@ def build_table(data_path: Path, seed: int = 0, networks: int = 200) -> dict[str
 
 
 def write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    """A temporary file in the target folder, then os.replace: a failed run never leaves half a table."""
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    """Refuse any nn-Meter key text, then write atomically with `tables.write_table`."""
+    text = json.dumps(data, indent=1, sort_keys=True)
     leaked = [s for s in FORBIDDEN_IN_TABLE if s in text]
     if leaked:
         raise NASError(f"refusing to write {path}: it would contain nn-Meter key text {leaked}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped table is world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_table(dict(data), path)
 
 
 def _summary(table: Mapping[str, Any]) -> str:
