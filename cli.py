@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,39 @@ import click
 
 from nas.errors import NASError
 
+#: A job id: what fits the store's integer keys.
+JOB_ID = click.IntRange(min=1, max=2**63 - 1)
 STORE_HELP = "SQLAlchemy URL of the store (default: $NAS_STORE or sqlite:///nas.db in this folder)."
+MAX_ID = 2**63 - 1  # job and candidate ids are SQL BIGINTs
+
+
+class _BadId(click.ClickException):
+    """A job or candidate id that cannot exist: one `error:` line and exit code 2, like a NASError."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _Id(click.ParamType):
+    """A job or candidate id: an integer from 1 to 2^63-1 (refused before the store is opened)."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            number = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value).strip())
+        except ValueError:  # not an integer, or one of more than 4300 digits
+            number = None
+        if number is None or not 1 <= number <= MAX_ID:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            name = param.name if param is not None and param.name else "id"
+            raise _BadId(f"{name}: must be an integer id from 1 to {MAX_ID} (2^63-1), but got {shown}")
+        return number
+
+
+ID = _Id()
 
 
 def _log(message: str) -> None:
@@ -118,6 +152,38 @@ def train(spec_path: Path, store_url: str | None, resume: bool, retrain: bool, n
     click.echo(checkpoint)
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a job ends `interrupted` either way."""
+
+
+@contextmanager
+def _interruptible_job(store: Any, what: str) -> Iterator[None]:
+    """Run a search or resume so that Ctrl-C (exit 130) and SIGTERM (exit 143) leave the job `interrupted`, with
+    everything evaluated so far stored, and say how to continue it."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Stopped()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, _Stopped) else 130
+        jobs = [j for j in store.jobs() if j.status == "interrupted" and j.pid == os.getpid()]
+        if jobs:
+            job = jobs[0]
+            kept = len(store.candidates(job.job_id))
+            _log(f"interrupted: job {job.job_id} kept {kept} of {job.spec['search']['candidates']} candidates; "
+                 f"continue it with `nas resume {job.job_id}`")
+        else:
+            _log(f"interrupted before the {what} job was created; nothing was stored")
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", "targets", multiple=True, required=True,
@@ -141,14 +207,43 @@ def search(spec_path: Path, targets: tuple[str, ...], store_url: str | None, eng
 
     spec = load_spec(spec_path)
     options = RayOptions(workers=workers or spec.search.workers, address=ray_address)
-    with _store(store_url) as store:
+    with _store(store_url) as store, _interruptible_job(store, "search"):
         job_id, front = search_job(spec_path, targets, store, _log, engine=engine, candidates=candidates,
                                    export=not no_export, progress=not no_progress, ray_options=options)
+    _print_front(job_id, front, list(dict.fromkeys(targets)), as_json)
+
+
+@main.command()
+@click.argument("job_id", type=JOB_ID)
+@click.option("--store", "store_url", help=STORE_HELP)
+@click.option("--workers", type=click.IntRange(min=1), help="Concurrent Ray trials (default search.workers).")
+@click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one.")
+@click.option("--no-export", is_flag=True, help="Do not export the Pareto front into the job's run directory.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object: job_id and the Pareto records.")
+@user_errors
+def resume(job_id: int, store_url: str | None, workers: int | None, ray_address: str | None, no_export: bool,
+           no_progress: bool, as_json: bool) -> None:
+    """Continue an interrupted or failed search job: stored candidates are not evaluated again, the rest of the
+    budget is searched (the same candidates an uninterrupted run would have found), then the front is written."""
+    from nas.pipeline import resume_job
+    from nas.search import RayOptions
+
+    with _store(store_url) as store:
+        job = store.job(job_id)
+        options = RayOptions(workers=workers or job.spec.get("search", {}).get("workers", 2), address=ray_address)
+        with _interruptible_job(store, "resumed"):
+            job_id, front = resume_job(job_id, store, _log, export=not no_export, progress=not no_progress,
+                                       ray_options=options)
+    _print_front(job_id, front, list(job.targets), as_json)
+
+
+def _print_front(job_id: int, front: list[Any], targets: list[str], as_json: bool) -> None:
     if as_json:
         _echo_json({"job_id": job_id, "pareto": [r.to_json() for r in front]})
     else:
         click.echo(f"job {job_id}: Pareto front")
-        _print_records([r.to_json() for r in front], list(dict.fromkeys(targets)))
+        _print_records([r.to_json() for r in front], targets)
 
 
 def _print_records(records: list[dict[str, Any]], targets: list[str]) -> None:
@@ -169,22 +264,26 @@ def _print_records(records: list[dict[str, Any]], targets: list[str]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @user_errors
 def jobs(store_url: str | None, as_json: bool) -> None:
-    """List search jobs, newest first."""
+    """List search jobs, newest first. A `running` job whose process is gone is stored as `interrupted`."""
+    from nas.lifecycle import settle
+
     with _store(store_url) as store:
-        records = store.jobs()
+        records = settle(store, store.jobs())
         counts = {j.job_id: len(store.candidates(j.job_id)) for j in records}
     payload = [{"job_id": j.job_id, "name": j.name, "status": j.status, "targets": list(j.targets),
-                "candidates": counts[j.job_id], "spec_hash": j.spec_hash, "created_at": j.created_at,
-                "finished_at": j.finished_at, "run_dir": j.run_dir} for j in records]
+                "candidates": counts[j.job_id], "budget": j.spec.get("search", {}).get("candidates"),
+                "spec_hash": j.spec_hash, "created_at": j.created_at, "finished_at": j.finished_at,
+                "run_dir": j.run_dir, "pid": j.pid, "host": j.host, "heartbeat_at": j.heartbeat_at}
+               for j in records]
     if as_json:
         _echo_json(payload)
         return
     _table([{**p, "targets": ",".join(p["targets"]), "created_at": str(p["created_at"])[:19]} for p in payload],
-           ["job_id", "name", "status", "targets", "candidates", "created_at"])
+           ["job_id", "name", "status", "targets", "candidates", "budget", "created_at"])
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @click.option("--target", required=True, help="The latency target whose front to show.")
 @click.option("--max-latency-ms", type=float, help="Only candidates at most this slow on the target.")
 @click.option("--min-accuracy", type=float, help="Only candidates at least this accurate (validation, 0-1).")
@@ -205,7 +304,7 @@ def pareto(job_id: int, target: str, max_latency_ms: float | None, min_accuracy:
 
 
 @main.command()
-@click.argument("candidate_id", type=int)
+@click.argument("candidate_id", type=ID)
 @click.option("--store", "store_url", help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record.")
 @user_errors
@@ -226,22 +325,27 @@ def show(candidate_id: int, store_url: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("candidate_id", type=int)
+@click.argument("candidate_id", type=ID)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: exported/c<CANDIDATE_ID>).")
 @click.option("--format", "formats", type=click.Choice(["pytorch", "torchscript", "onnx"]), multiple=True,
               help="Extra formats besides the PyTorch module + state dict (repeatable).")
+@click.option("--force", is_flag=True,
+              help="Export into a non-empty folder, replacing only the files of a previous export there "
+                   "(those its export_manifest.json lists); nothing else in it is touched.")
 @click.option("--store", "store_url", help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
 @user_errors
-def export(candidate_id: int, out_dir: Path | None, formats: tuple[str, ...], store_url: str | None,
+def export(candidate_id: int, out_dir: Path | None, formats: tuple[str, ...], force: bool, store_url: str | None,
            as_json: bool) -> None:
-    """Write a standalone model of a candidate (module code, state dict, arch JSON, README)."""
+    """Write a standalone model of a candidate (module code, state dict, arch JSON, README, manifest).
+
+    A non-empty --out folder is refused unless --force."""
     from nas.pipeline import export_candidate
 
     out_dir = out_dir or Path("exported") / f"c{candidate_id}"
     with _store(store_url) as store:
-        info = export_candidate(store, candidate_id, out_dir, _log, ("pytorch", *formats))
+        info = export_candidate(store, candidate_id, out_dir, _log, ("pytorch", *formats), force=force)
     if as_json:
         _echo_json(info)
     else:

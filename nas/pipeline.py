@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from nas import static_model
+from nas.constraints import check_feasible, check_size
 from nas.data import Splits, check_source, data_hash, load
 from nas.errors import NASError
 from nas.evaluate import Evaluator, accuracy, make_evaluator
+from nas.export import load_export, plan_export, write_export
+from nas.files import exclusive_lock
 from nas.latency.targets import LatencyModel, load_target
+from nas.lifecycle import Heartbeat, owner_gone, this_host
+from nas.problem import CandidateResult, Problem
 from nas.sampling import check_train
-from nas.search import CandidateResult, Problem, RayOptions, run_search
+from nas.search import RayHandle, RayOptions, run_search
 from nas.space import ArchConfig, SearchSpace
 from nas.spec import Spec, load_spec, parse_spec
 from nas.store import CandidateRecord, Metric, Store
@@ -46,8 +49,9 @@ class Context:
     splits: Splits
     space: SearchSpace
 
-    @property
+    @cached_property
     def supernet_key(self) -> str:
+        """Spec (space, data, training) and data content; computed once (hashing a large folder's listing)."""
         return f"{self.spec.training_hash()}-{data_hash(self.spec.data)}"
 
 
@@ -65,30 +69,49 @@ def load_context(spec: Spec) -> Context:
 def validate(spec_path: str | Path) -> tuple[Spec, int]:
     """Validate a spec (including that its data set exists); returns it and the size of its space.
 
-    The space is counted without loading the data (input channels and classes do not change the count).
+    The space is counted without loading the data (input channels and classes do not change the count); it
+    must hold at least `search.candidates` archs, and every constraint must be within reach of some arch.
     """
     spec = load_spec(spec_path)
     space = SearchSpace(spec.space, 1, 2, spec.deploy.resolution)
+    count = space.count()
+    check_size(spec, count, str(spec_path))
+    check_feasible(spec, str(spec_path))
     check_train(spec, space, str(spec_path))
     check_source(spec.data, where=f"{spec_path}: data")
-    return spec, space.count()
+    return spec, count
 
 
 def ensure_supernet(ctx: Context, store: Store, log: Log, resume: bool = False, retrain: bool = False,
                     progress: bool = True) -> Supernet:
-    """The trained supernet for this spec and data: reused from the store when one exists, else trained."""
+    """The trained supernet for this spec and data: reused from the store when one exists, else trained.
+
+    Finding, training and storing hold an exclusive lock on `runs/supernets/<key>.lock`: a second process
+    wanting the same supernet waits for the first, then finds and reuses what it stored (never trains twice,
+    never shares its checkpoint folder with a concurrent run).
+    """
     key = ctx.supernet_key
-    found = store.find_artifact(SUPERNET_ARTIFACT, key)
-    if found and Path(found).exists() and not retrain and not resume:
-        log(f"reusing trained supernet {found}")
-        return load_supernet(ctx.space, Path(found))
-    run_dir = runs_dir() / "supernets" / key
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.json").write_text(json.dumps(ctx.spec.to_dict(), indent=1))
-    log(f"training supernet ({ctx.spec.train.epochs} epochs, sampler {ctx.spec.train.sampler}) in {run_dir}")
-    result = train_supernet(ctx.spec, ctx.space, ctx.splits, run_dir, resume=resume, progress=progress)
-    log(f"trained {result.steps} steps in {result.seconds:.0f} s (last loss {result.last_loss:.3f})")
-    store.put_artifact(SUPERNET_ARTIFACT, key, str(result.checkpoint.resolve()))
+    lock = runs_dir() / "supernets" / f"{key}.lock"
+    waited: list[float] = []
+
+    def on_wait() -> None:
+        waited.append(time.perf_counter())
+        log(f"another process is training supernet {key}; waiting for it (lock {lock})")
+
+    with exclusive_lock(lock, on_wait):
+        if waited:
+            log(f"waited {time.perf_counter() - waited[0]:.0f} s for supernet {key}; checking the store again")
+        found = store.find_artifact(SUPERNET_ARTIFACT, key)
+        if found and Path(found).exists() and not retrain and not resume:
+            log(f"reusing trained supernet {found}")
+            return load_supernet(ctx.space, Path(found))
+        run_dir = runs_dir() / "supernets" / key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "spec.json").write_text(json.dumps(ctx.spec.to_dict(), indent=1))
+        log(f"training supernet ({ctx.spec.train.epochs} epochs, sampler {ctx.spec.train.sampler}) in {run_dir}")
+        result = train_supernet(ctx.spec, ctx.space, ctx.splits, run_dir, resume=resume, progress=progress)
+        log(f"trained {result.steps} steps in {result.seconds:.0f} s (last loss {result.last_loss:.3f})")
+        store.put_artifact(SUPERNET_ARTIFACT, key, str(result.checkpoint.resolve()))
     return load_supernet(ctx.space, result.checkpoint)
 
 
@@ -112,143 +135,173 @@ def candidate_metrics(result: CandidateResult) -> list[Metric]:
     return metrics
 
 
+def _with_overrides(spec: Spec, engine: str | None, candidates: int | None) -> Spec:
+    """The spec the job really runs (command-line overrides folded in), stored with the job so that
+    `nas resume` continues exactly that search."""
+    updates = {k: v for k, v in (("engine", engine), ("candidates", candidates)) if v is not None}
+    if not updates:
+        return spec
+    return parse_spec(spec.model_copy(update={"search": spec.search.model_copy(update=updates)}).to_dict(),
+                      "command line (--engine/--candidates)")
+
+
 def search_job(spec_path: str | Path, targets: Sequence[str], store: Store, log: Log, engine: str | None = None,
                candidates: int | None = None, export: bool = True, progress: bool = True,
                ray_options: RayOptions | None = None) -> tuple[int, list[CandidateRecord]]:
     """The whole run: validate, train or reuse the supernet, search, store, test the front, export it."""
-    spec = load_checked(spec_path)
+    spec = _with_overrides(load_checked(spec_path), engine, candidates)
     ctx = load_context(spec)
     models = load_targets(targets, ctx.space, spec_path)  # fail before anything is stored
-    names = list(models)
     supernet = ensure_supernet(ctx, store, log, progress=progress)
-    job_id = store.create_job(spec.name or Path(spec_path).stem, spec.to_dict(), spec.spec_hash(), names, "")
+    job_id = store.create_job(spec.name or Path(spec_path).stem, spec.to_dict(), spec.spec_hash(), list(models), "",
+                              pid=os.getpid(), host=this_host())
+    return job_id, _run_job(job_id, ctx, supernet, models, store, log, {}, export, progress, ray_options)
+
+
+def resume_job(job_id: int, store: Store, log: Log, export: bool = True, progress: bool = True,
+               ray_options: RayOptions | None = None) -> tuple[int, list[CandidateRecord]]:
+    """Continue an interrupted (or failed) job: its stored candidates are told to the engine without being
+    evaluated again, the rest of the budget is searched, then the front is tested and exported.
+
+    The job is claimed atomically first: a second `nas resume` of the same job, or a resume of a job whose
+    process is still alive, is refused."""
+    claimed = store.claim_job(job_id, os.getpid(), this_host(), owner_gone)
+    status = "failed"
+    try:
+        spec = parse_spec(claimed.spec, f"job {job_id} spec")
+        ctx = load_context(spec)
+        models = load_targets(list(claimed.targets), ctx.space, f"(job {job_id})")
+        supernet = ensure_supernet(ctx, store, log, progress=progress)
+        stored = {r.arch_hash: result for r in store.candidates(job_id)
+                  if (result := stored_result(r, claimed.targets)) is not None}
+        log(f"resuming job {job_id}: {len(stored)} of {spec.search.candidates} candidates already stored")
+        status = "running"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if status != "running":
+            store.finish_job(job_id, status)
+    return job_id, _run_job(job_id, ctx, supernet, models, store, log, stored, export, progress, ray_options)
+
+
+def stored_result(record: CandidateRecord, targets: Sequence[str]) -> CandidateResult | None:
+    """A stored candidate as the search engine saw it (None when a metric the search needs is missing)."""
+    values = {name: record.metric(name) for name in ("accuracy", "params", "flops")}
+    latency = {t: record.metric("latency_ms", t) for t in targets}
+    if any(v is None for v in values.values()) or any(v is None for v in latency.values()):
+        return None
+    flags = record.to_json()["flags"]
+    return CandidateResult(arch=ArchConfig.from_dict(record.arch), accuracy=float(values["accuracy"]),
+                           params=int(values["params"]), flops=int(values["flops"]),
+                           latency_ms={t: float(v) for t, v in latency.items() if v is not None},
+                           latency_flags={t: flags[t] for t in targets if t in flags})
+
+
+def _run_job(job_id: int, ctx: Context, supernet: Supernet, models: dict[str, LatencyModel], store: Store, log: Log,
+             stored: dict[str, CandidateResult], export: bool, progress: bool,
+             ray_options: RayOptions | None) -> list[CandidateRecord]:
+    """Search, store each candidate as it finishes, then the fronts, test accuracies and exports. The job ends
+    `done`, `interrupted` (Ctrl-C / SIGTERM: its candidates are kept, nothing pretends to be final) or `failed`."""
+    spec, names = ctx.spec, list(models)
     run_dir = runs_dir() / f"job_{job_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
     store.set_run_dir(job_id, str(run_dir.resolve()))
     (run_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+    status = "failed"
     try:
-        evaluator = make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val,
-                                   spec.search.val_images)
-        payload: dict[str, Any] = {
-            "key": f"{ctx.supernet_key}-{job_id}",
-            "space": spec.space.model_dump(mode="json"),
-            "in_channels": ctx.space.in_channels,
-            "num_classes": ctx.space.num_classes,
-            "deploy_resolution": ctx.space.deploy_resolution,
-            "state_dict": supernet.state_dict(),
-            "calibration": evaluator.calibration,
-            "x_val": evaluator.x_val,
-            "y_val": evaluator.y_val,
-            "latency": models,
-        }
-        ids: dict[str, int] = {}
-        budget = candidates or spec.search.candidates
-        bar = _progress_bar(budget, f"search ({engine or spec.search.engine})", progress)
+        with Heartbeat(store, job_id, os.getpid()):
+            evaluator = make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val,
+                                       spec.search.val_images)
+            payload: dict[str, Any] = {
+                "key": f"{ctx.supernet_key}-{job_id}",
+                "space": spec.space.model_dump(mode="json"),
+                "in_channels": ctx.space.in_channels,
+                "num_classes": ctx.space.num_classes,
+                "deploy_resolution": ctx.space.deploy_resolution,
+                "state_dict": supernet.state_dict(),
+                "calibration": evaluator.calibration,
+                "x_val": evaluator.x_val,
+                "y_val": evaluator.y_val,
+                "latency": models,
+            }
+            ids = {r.arch_hash: r.candidate_id for r in store.candidates(job_id)}
+            budget = spec.search.candidates
+            bar = _progress_bar(budget, f"search ({spec.search.engine})", progress, initial=min(len(stored), budget))
 
-        def on_result(result: CandidateResult) -> None:
-            arch_hash = result.arch.arch_hash()
-            ids[arch_hash] = store.add_candidate(job_id, result.arch.to_dict(), arch_hash, candidate_metrics(result))
-            bar.update(1)
-            bar.set_postfix(acc=f"{result.accuracy:.3f}")
+            def on_result(result: CandidateResult) -> None:
+                arch_hash = result.arch.arch_hash()
+                ids[arch_hash] = store.add_candidate(job_id, result.arch.to_dict(), arch_hash,
+                                                     candidate_metrics(result))
+                bar.update(1)
+                bar.set_postfix(acc=f"{result.accuracy:.3f}")
 
-        results = run_search(spec, ctx.space, payload, names, run_dir, on_result, engine=engine, candidates=budget,
-                             ray_options=ray_options, on_dashboard=lambda url: log(f"Ray dashboard: {url}"))
-        bar.close()
-        if not results:
-            raise NASError(f"job {job_id}: the search produced no candidates (see {run_dir / 'tune'})")
-        unique = list({r.arch.arch_hash(): r for r in results}.values())
-        problem = Problem.from_spec(spec, names)
-        members: set[int] = set()
-        for target in names:
-            front = problem.front(unique, target)
-            front_ids = [ids[unique[i].arch.arch_hash()] for i in front]
-            store.set_pareto(job_id, target, front_ids)
-            members.update(front)
-        for i in sorted(members):
-            arch = unique[i].arch
-            test = accuracy(evaluator.subnet(arch), ctx.splits.x_test, ctx.splits.y_test)
-            store.add_metrics(ids[arch.arch_hash()], [Metric("test_accuracy", test)])
-        log(f"job {job_id}: {len(unique)} candidates, {len(members)} on the Pareto front(s)")
-        if export:
-            for i in sorted(members):
-                candidate_id = ids[unique[i].arch.arch_hash()]
-                write_export(store.candidate(candidate_id), ctx, evaluator, run_dir / "exports" / f"c{candidate_id}")
-            log(f"exported the front to {run_dir / 'exports'}")
-        store.finish_job(job_id, "done")
-    except BaseException:
-        store.finish_job(job_id, "failed")
+            def on_dashboard(ray: RayHandle) -> None:
+                if ray.dashboard_url:
+                    log(f"Ray dashboard: {ray.dashboard_url}" + (f" (token: {ray.token})" if ray.token else ""))
+
+            outcome = run_search(spec, ctx.space, payload, names, run_dir, on_result, ray_options=ray_options,
+                                 on_dashboard=on_dashboard, stored=stored)
+            bar.close()
+            if outcome.stopped_early:
+                log(f"job {job_id}: the engine proposed no new arch in many batches; stopped at "
+                    f"{len(outcome.results)} of {budget} candidates")
+            # Candidates an earlier run stored that this replay did not ask for again still count.
+            seen = {r.arch.arch_hash() for r in outcome.results}
+            results = outcome.results + [r for h, r in stored.items() if h not in seen]
+            if not results:
+                raise NASError(f"job {job_id}: the search produced no candidates (see {run_dir / 'tune'})")
+            _store_fronts(job_id, ctx, evaluator, results, ids, names, store, log, run_dir if export else None)
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
         raise
+    finally:
+        store.finish_job(job_id, status)
     front_records = {r.candidate_id: r for t in names for r in store.pareto(job_id, t)}
-    return job_id, sorted(front_records.values(), key=lambda r: r.metric("latency_ms", names[0]) or 0.0)
+    return sorted(front_records.values(), key=lambda r: r.metric("latency_ms", names[0]) or 0.0)
 
 
-def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+def _store_fronts(job_id: int, ctx: Context, evaluator: Evaluator, results: list[CandidateResult],
+                  ids: dict[str, int], names: list[str], store: Store, log: Log, export_to: Path | None) -> None:
+    """Per target, the feasible Pareto front; the members' test accuracy; their exports (when `export_to`)."""
+    problem = Problem.from_spec(ctx.spec, names)
+    members: set[int] = set()
+    for target in names:
+        front = problem.front(results, target)
+        store.set_pareto(job_id, target, [ids[results[i].arch.arch_hash()] for i in front])
+        members.update(front)
+        if not front:
+            from nas.constraints import explain_empty_front
+
+            log(f"job {job_id}: empty front on {target}: {explain_empty_front(problem, results)}")
+    for i in sorted(members):
+        arch = results[i].arch
+        test = accuracy(evaluator.subnet(arch), ctx.splits.x_test, ctx.splits.y_test)
+        store.add_metrics(ids[arch.arch_hash()], [Metric("test_accuracy", test)])
+    log(f"job {job_id}: {len(results)} candidates, {len(members)} on the Pareto front(s)")
+    if export_to is not None and members:
+        for i in sorted(members):
+            candidate_id = ids[results[i].arch.arch_hash()]
+            write_export(store.candidate(candidate_id), ctx, evaluator, export_to / "exports" / f"c{candidate_id}",
+                         owned=True)
+        log(f"exported the front to {export_to / 'exports'}")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="cand")
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="cand", initial=initial)
 
 
 # ---- export ----------------------------------------------------------------------------------------------
-EXPORT_README = """# Exported subnet {candidate_id} (job {job_id})
-
-A standalone PyTorch model found by `nas`; it needs only `torch`.
-
-```python
-import json, torch
-from model import build            # model.py in this folder
-net = build(json.load(open("network.json")))
-net.load_state_dict(torch.load("weights.pt"))
-net.eval()
-```
-
-Inputs: float images N x {in_channels} x H x W, scaled to [0, 1] (pixels / 255) then normalised with
-`preprocess.json` (`(x - mean) / std` per channel); the network resizes them to {resolution} x {resolution}.
-Outputs: logits over {num_classes} classes.
-
-| metric | value |
-| --- | --- |
-{metrics}
-"""
-
-
-def write_export(record: CandidateRecord, ctx: Context, evaluator: Evaluator, out_dir: Path,
-                 formats: Sequence[str] = ("pytorch",)) -> dict[str, Any]:
-    """Write a standalone model for `record` into `out_dir` (written to a temp folder, then renamed)."""
-    arch = ArchConfig.from_dict(record.arch)
-    model = evaluator.subnet(arch).eval()
-    network = ctx.space.describe(arch)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(static_model.__file__, tmp / "model.py")
-    (tmp / "network.json").write_text(json.dumps(network, indent=1))
-    (tmp / "arch.json").write_text(json.dumps(record.arch, indent=1))
-    (tmp / "preprocess.json").write_text(json.dumps({"scale": 1 / 255, "mean": ctx.splits.mean,
-                                                     "std": ctx.splits.std}, indent=1))
-    torch.save(model.state_dict(), tmp / "weights.pt")
-    written = ["model.py", "network.json", "arch.json", "preprocess.json", "weights.pt"]
-    example = torch.zeros(1, ctx.space.in_channels, arch.resolution, arch.resolution)
-    if "torchscript" in formats:
-        torch.jit.trace(model, example).save(str(tmp / "model.torchscript.pt"))
-        written.append("model.torchscript.pt")
-    if "onnx" in formats:
-        torch.onnx.export(model, (example,), str(tmp / "model.onnx"), dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        written.append("model.onnx")
-    info = record.to_json()
-    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items() if k not in ("arch", "flags", "arch_hash"))
-    (tmp / "README.md").write_text(EXPORT_README.format(
-        candidate_id=record.candidate_id, job_id=record.job_id, in_channels=ctx.space.in_channels,
-        resolution=arch.resolution, num_classes=ctx.space.num_classes, metrics=rows))
-    (tmp / "candidate.json").write_text(json.dumps(info, indent=1, default=str))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return {"out": str(out_dir), "files": written + ["README.md", "candidate.json"]}
-
-
 def export_candidate(store: Store, candidate_id: int, out_dir: Path, log: Log,
-                     formats: Sequence[str] = ("pytorch",)) -> dict[str, Any]:
-    """Export a stored candidate; re-measures its test accuracy to show the export reproduces it."""
+                     formats: Sequence[str] = ("pytorch",), force: bool = False) -> dict[str, Any]:
+    """Export a stored candidate; re-measures its test accuracy to show the export reproduces it.
+
+    A non-empty `out_dir` is refused unless `force`, which replaces only a previous export's files there.
+    """
+    out_dir = plan_export(out_dir, formats, force).out  # refuse before loading anything
     record = store.candidate(candidate_id)
     job = store.job(record.job_id)
     spec = parse_spec(job.spec, f"job {job.job_id} spec")
@@ -259,25 +312,12 @@ def export_candidate(store: Store, candidate_id: int, out_dir: Path, log: Log,
                        f"({found or 'never stored'}); retrain it with `nas train` on the job's spec")
     supernet = load_supernet(ctx.space, Path(found))
     evaluator = make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val)
-    info = write_export(record, ctx, evaluator, out_dir, formats)
+    info = write_export(record, ctx, evaluator, out_dir, formats, force=force)
     loaded = load_export(out_dir)
     info["test_accuracy"] = accuracy(loaded, ctx.splits.x_test, ctx.splits.y_test)
     info["stored_test_accuracy"] = record.metric("test_accuracy")
     log(f"exported candidate {candidate_id} to {out_dir}")
     return info
-
-
-def load_export(out_dir: Path) -> torch.nn.Module:
-    """Load an exported model the way its README says, without the supernet (nor `nas.static_model`)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"nas_export_{abs(hash(str(out_dir)))}", out_dir / "model.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.build(json.loads((out_dir / "network.json").read_text()))
-    net.load_state_dict(torch.load(out_dir / "weights.pt"))
-    return net.eval()
 
 
 def train_only(spec_path: str | Path, store: Store, log: Log, resume: bool = False, retrain: bool = False,
@@ -288,4 +328,5 @@ def train_only(spec_path: str | Path, store: Store, log: Log, resume: bool = Fal
     return str(runs_dir() / "supernets" / ctx.supernet_key / FINAL_NAME)
 
 
-__all__ = ["Context", "export_candidate", "load_context", "search_job", "train_only", "validate", "Supernet"]
+__all__ = ["Context", "export_candidate", "load_context", "resume_job", "search_job", "train_only", "validate",
+           "Supernet"]

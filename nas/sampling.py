@@ -86,6 +86,8 @@ class ArchSampler(ABC):
         """Called with each arch's minibatch cross-entropy after the step."""
 
     def state_dict(self) -> dict[str, Any]:
+        """What `load_state_dict` needs to resume exactly: plain data only (dicts, lists, strings, numbers, None,
+        tensors), since checkpoints are loaded with `weights_only=True`; the trainer refuses anything else."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -1,96 +1,35 @@
-"""Multi-objective search: Optuna samplers driven by Ray Tune on a local Ray, candidates scored on workers.
+"""Multi-objective search: an Optuna engine asked in batches (`nas.engines`), trials run by Ray Tune on workers.
 
 The trained supernet, the evaluation data and the latency models travel to the workers once, through Ray's
 object store (`tune.with_parameters`); each worker builds its scorer once and reuses it for every trial it
-runs (`reuse_actors`). Every engine (NSGA-II, random, TPE) runs through the same machinery, so a comparison
-at an equal candidate budget measures the sampler and nothing else. Results reach the driver through a Tune
-callback, which hands each finished candidate to `on_result` (the CLI commits it to the store at once).
+runs (`reuse_actors`). Every engine runs through the same machinery, so a comparison at an equal candidate
+budget measures the engine and nothing else. Each finished candidate reaches the driver's `on_result` at once
+(the pipeline commits it to the store), so an interrupted search keeps everything it evaluated.
+
+The embedded Ray binds to 127.0.0.1 with Ray's token authentication on: its dashboard and job-submission API
+refuse requests without the token, which lives in a file only this user can read (`ray_token_path`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import secrets
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune.search import Searcher
 
+from nas.engines import BatchedStudy, make_sampler
 from nas.errors import NASError
 from nas.latency.targets import LatencyModel
-from nas.pareto import pareto_indices
+from nas.problem import CandidateResult, Problem
 from nas.space import ArchConfig, SearchSpace
 from nas.spec import Spec
-
-ENGINES = ("nsga2", "random", "tpe")
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    """One scored candidate, as a worker reports it."""
-
-    arch: ArchConfig
-    accuracy: float
-    params: int
-    flops: int
-    latency_ms: dict[str, float]
-    latency_flags: dict[str, str] = field(default_factory=dict)
-
-    def value(self, metric: str, target: str = "") -> float:
-        if metric == "latency":
-            return self.latency_ms[target]
-        return float(getattr(self, metric))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Objectives and constraints of a spec, expanded over the search's targets."""
-
-    objectives: tuple[tuple[str, str, bool], ...]  # (metric, target, maximise)
-    constraints: tuple[tuple[str, str, float | None, float | None], ...]  # (metric, target, min, max)
-
-    @classmethod
-    def from_spec(cls, spec: Spec, targets: Sequence[str]) -> Problem:
-        objectives = []
-        for objective in spec.objectives:
-            for target in (targets if objective.metric == "latency" else [""]):
-                objectives.append((objective.metric, target, objective.direction == "maximize"))
-        constraints = []
-        for constraint in spec.constraints:
-            metric = "latency" if constraint.metric == "latency_ms" else constraint.metric
-            for target in (targets if metric == "latency" else [""]):
-                constraints.append((metric, target, constraint.bound.min, constraint.bound.max))
-        return cls(tuple(objectives), tuple(constraints))
-
-    def violations(self, result: CandidateResult) -> list[float]:
-        """Per constraint: <= 0 when satisfied, else how far it is broken."""
-        out = []
-        for metric, target, low, high in self.constraints:
-            value = result.value(metric, target)
-            worst = -math.inf
-            if high is not None:
-                worst = max(worst, value - high)
-            if low is not None:
-                worst = max(worst, low - value)
-            out.append(worst)
-        return out
-
-    def feasible(self, result: CandidateResult) -> bool:
-        return all(v <= 0 for v in self.violations(result))
-
-    def front(self, results: Sequence[CandidateResult], target: str) -> list[int]:
-        """Indices of the feasible candidates on the Pareto front for one latency target."""
-        objectives = [(m, t, up) for m, t, up in self.objectives if m != "latency" or t == target]
-        if not any(m == "latency" for m, _, _ in objectives):
-            objectives.append(("latency", target, False))
-        feasible = [i for i, r in enumerate(results) if self.feasible(r)]
-        points = [[results[i].value(m, t) for m, t, _ in objectives] for i in feasible]
-        return [feasible[j] for j in pareto_indices(points, [up for _, _, up in objectives])]
 
 
 class CandidateScorer:
@@ -112,21 +51,6 @@ class CandidateScorer:
             latency_ms={name: p.ms for name, p in predictions.items()},
             latency_flags={name: p.flag for name, p in predictions.items() if p.flag},
         )
-
-
-def make_optuna_sampler(engine: str, spec: Spec) -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    seed = spec.search.seed
-    if engine == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=spec.search.population, seed=seed)
-    if engine == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if engine == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    raise NASError(f"search.engine: unknown engine '{engine}'; known: {', '.join(ENGINES)}")
 
 
 # ---- worker side -----------------------------------------------------------------------------------------
@@ -154,9 +78,8 @@ def _trainable(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
     if scorer is None:
         _WORKER_CACHE.clear()
         scorer = _WORKER_CACHE[payload["key"]] = _build_scorer(payload)
-    arch = scorer.space.from_choices(config)
+    arch = ArchConfig.from_dict(config["arch"])
     result = scorer.score(arch)
-    problem: Problem = payload["problem"]
     out: dict[str, Any] = {
         "arch_json": arch.canonical_json(),
         "accuracy": result.accuracy,
@@ -166,56 +89,72 @@ def _trainable(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
     }
     for target, ms in result.latency_ms.items():
         out[f"latency_ms/{target}"] = ms
-    for i, violation in enumerate(problem.violations(result)):
-        out[f"constraint/{i}"] = violation
     return out
 
 
 # ---- driver side -----------------------------------------------------------------------------------------
-def _metric_key(metric: str, target: str) -> str:
-    return f"latency_ms/{target}" if metric == "latency" else metric
+def _candidate_from(result: dict[str, Any], targets: Sequence[str]) -> CandidateResult:
+    return CandidateResult(
+        arch=ArchConfig.from_dict(json.loads(result["arch_json"])),
+        accuracy=float(result["accuracy"]),
+        params=int(result["params"]),
+        flops=int(result["flops"]),
+        latency_ms={t: float(result[f"latency_ms/{t}"]) for t in targets},
+        latency_flags=dict(result.get("latency_flags") or {}),
+    )
 
 
-def _constrained_optuna_search(**kwargs: Any) -> Any:
-    """Ray Tune's OptunaSearch, telling Optuna each trial's constraint values (`trial.set_constraint`)."""
-    from ray.tune.search.optuna import OptunaSearch
+class StudySearcher(Searcher):
+    """A Ray Tune searcher that hands out a `BatchedStudy`'s archs and reports each finished one to `on_result`
+    first (the store), then to the study. An `on_result` failure ends the search (no new trials) and is
+    re-raised by `run_search`."""
 
-    class ConstrainedOptunaSearch(OptunaSearch):
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if result and trial_id in self._ot_trials:
-                for key, value in result.items():
-                    if key.startswith("constraint/"):
-                        self._ot_trials[trial_id].set_constraint(key, float(value))
-            super().on_trial_complete(trial_id, result, error)
-
-    return ConstrainedOptunaSearch(**kwargs)
-
-
-class _ResultCallback(Callback):
-    """Hands each finished trial's candidate to the driver's `collect` as soon as it completes.
-
-    Tune pickles its callbacks with the experiment state; the live `collect` function stays behind.
-    """
-
-    def __init__(self, targets: list[str], collect: Callable[[CandidateResult], None]):
-        self.targets = targets
-        self.collect: Callable[[CandidateResult], None] | None = collect
+    def __init__(self, study: BatchedStudy, targets: Sequence[str],
+                 on_result: Callable[[CandidateResult], None]) -> None:
+        super().__init__()
+        self.study: BatchedStudy | None = study
+        self.targets = list(targets)
+        self.on_result: Callable[[CandidateResult], None] | None = on_result
+        self.pending: dict[str, str] = {}  # Tune trial id -> arch hash
+        self.error: BaseException | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"targets": self.targets, "collect": None}
+        """Tune pickles its search algorithm with the experiment; the live study and store stay behind."""
+        return {**self.__dict__, "study": None, "on_result": None, "pending": {}, "error": None}
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result
-        if not result or "arch_json" not in result or self.collect is None:
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.error is not None or self.study is None:
+            return Searcher.FINISHED
+        try:
+            arch = self.study.next_arch()
+        except StopIteration:
+            return Searcher.FINISHED
+        if arch is None:
+            return None
+        self.pending[trial_id] = arch.arch_hash()
+        return {"arch": arch.to_dict()}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        arch_hash = self.pending.pop(trial_id, None)
+        if arch_hash is None or self.study is None:
             return
-        self.collect(CandidateResult(
-            arch=ArchConfig.from_dict(json.loads(result["arch_json"])),
-            accuracy=float(result["accuracy"]),
-            params=int(result["params"]),
-            flops=int(result["flops"]),
-            latency_ms={t: float(result[f"latency_ms/{t}"]) for t in self.targets},
-            latency_flags=dict(result.get("latency_flags") or {}),
-        ))
+        ok = bool(result) and not error and "arch_json" in result
+        candidate = _candidate_from(result, self.targets) if ok else None
+        if candidate is not None and self.error is None and self.on_result is not None:
+            try:
+                self.on_result(candidate)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by run_search once Tune has stopped
+                self.error = exc
+        self.study.complete(arch_hash, candidate)
+
+    def save_to_dir(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to save: the store holds every result, and a resumed search replays the study from it."""
+
+    def restore_from_dir(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("nas resumes searches from its store (`nas resume`), not from Tune's state")
 
 
 @dataclass
@@ -226,23 +165,86 @@ class RayOptions:
     quiet: bool = True
 
 
-def start_ray(options: RayOptions) -> tuple[Any, str | None, bool]:
-    """Connect to Ray (or start a local instance on 127.0.0.1). Returns (ray, dashboard URL, started_here)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only run needs no dashboard token
+@dataclass
+class RayHandle:
+    """A connection to Ray: the dashboard URL, where the token is, and whether this process started the cluster."""
+
+    ray: Any
+    dashboard_url: str | None
+    started_here: bool
+    token: str | None = None  # where the dashboard token is (a file path, or the environment variable)
+    reaper: Any = None  # the watchdog process of an embedded cluster (nas.reaper)
+
+    def shutdown(self) -> None:
+        if not self.started_here:
+            return
+        self.ray.shutdown()
+        if self.reaper is not None and self.reaper.poll() is None:
+            self.reaper.terminate()  # it stops whatever the shutdown left of the session, then exits
+            try:
+                self.reaper.wait(timeout=15)
+            except Exception:  # noqa: BLE001 - it finishes on its own once this process exits
+                pass
+
+
+def ray_token_path() -> Path:
+    """The file holding the embedded cluster's auth token: `$NAS_RAY_TOKEN_PATH`, else ~/.nas/ray_auth_token."""
+    return Path(os.environ.get("NAS_RAY_TOKEN_PATH") or Path.home() / ".nas" / "ray_auth_token")
+
+
+def ensure_ray_token(path: Path) -> Path:
+    """Create the token file (64 hex digits) readable by this user only, or tighten an existing one's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
+
+
+def start_ray(options: RayOptions) -> RayHandle:
+    """Connect to a Ray cluster, or start a local one on 127.0.0.1 with token authentication on."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C interrupts the job at once (it stays resumable)
     import ray
 
     if ray.is_initialized():
-        return ray, None, False
+        return RayHandle(ray, None, False)
     kwargs: dict[str, Any] = {"log_to_driver": not options.quiet, "logging_level": logging.ERROR}
     if options.address:
         context = ray.init(address=options.address, **kwargs)
+        token = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else os.environ.get("RAY_AUTH_TOKEN_PATH")
+        reaper = None
     else:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            token = "$RAY_AUTH_TOKEN"
+        else:
+            os.environ["RAY_AUTH_TOKEN_PATH"] = token = str(ensure_ray_token(ray_token_path()))
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")  # Ray caches its config at import: make it see token mode (as Ray's own setup does)
+        AuthenticationTokenLoader.instance().reset_cache()
         context = ray.init(num_cpus=options.workers, include_dashboard=options.dashboard,
                            dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
+        from nas import reaper as reaper_module
+
+        reaper = reaper_module.spawn(ray._private.worker._global_node.get_session_dir_path())
     url = getattr(context, "dashboard_url", None)
-    return ray, (f"http://{url}" if url and not url.startswith("http") else url), True
+    url = f"http://{url}" if url and not url.startswith("http") else url
+    return RayHandle(ray, url, not options.address, token, reaper)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Every distinct candidate of the search (stored ones included), and how the search ended."""
+
+    results: list[CandidateResult]
+    evaluated: int  # candidates evaluated by this run (the others were read from the store)
+    stopped_early: bool  # no new arch in many batches: the engine or the space is spent
 
 
 def run_search(
@@ -255,46 +257,53 @@ def run_search(
     engine: str | None = None,
     candidates: int | None = None,
     ray_options: RayOptions | None = None,
-    on_dashboard: Callable[[str], None] | None = None,
-) -> list[CandidateResult]:
-    """Search `space`; `payload` holds what workers need (see `_build_scorer`). Returns every result."""
+    on_dashboard: Callable[[RayHandle], None] | None = None,
+    stored: dict[str, CandidateResult] | None = None,
+) -> SearchOutcome:
+    """Search `space` until `candidates` distinct archs have results; `payload` holds what workers need (see
+    `_build_scorer`), `stored` the results an interrupted run of the same job already stored (not re-evaluated)."""
     engine = engine or spec.search.engine
     budget = candidates or spec.search.candidates
     problem = Problem.from_spec(spec, targets)
-    options = ray_options or RayOptions(workers=spec.search.workers)
-    ray, url, started_here = start_ray(options)
-    if url and on_dashboard:
-        on_dashboard(url)
-    from ray import tune
-
-    results: list[CandidateResult] = []
+    sampler = make_sampler(engine, spec.search.seed, spec.search.population)
+    study = BatchedStudy(space, problem, sampler, spec.search.population, budget, stored)
+    evaluated = 0
 
     def collect(candidate: CandidateResult) -> None:
-        results.append(candidate)
+        nonlocal evaluated
         on_result(candidate)
+        evaluated += 1
 
-    param_space = {name: tune.choice(choices) for name, choices in space.dimensions()}
-    search_alg = _constrained_optuna_search(
-        sampler=make_optuna_sampler(engine, spec),
-        metric=[_metric_key(m, t) for m, t, _ in problem.objectives],
-        mode=["max" if up else "min" for _, _, up in problem.objectives],
-        space=None,
-    )
-    payload = {**payload, "problem": problem}
+    try:
+        first = study.next_arch()  # a resumed search whose archs are all stored needs no cluster
+    except StopIteration:
+        return SearchOutcome(list(study.finished_results()), 0, study.stopped_early)
+    if first is not None:
+        study.requeue(first)
+    searcher = StudySearcher(study, targets, collect)
+    options = ray_options or RayOptions(workers=spec.search.workers)
+    handle = start_ray(options)
+    if on_dashboard:
+        on_dashboard(handle)
+    from ray import tune
+
     trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), {"cpu": 1})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=budget,
+                param_space={},
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=budget,
                                             max_concurrent_trials=options.workers, reuse_actors=True),
                 run_config=tune.RunConfig(name="search", storage_path=str((run_dir / "tune").resolve()), verbose=0,
-                                          callbacks=[_ResultCallback(list(targets), collect)], log_to_file=True),
+                                          failure_config=tune.FailureConfig(max_failures=2), log_to_file=True),
             )
             tuner.fit()
     finally:
-        if started_here:
-            ray.shutdown()
-    return results
+        handle.shutdown()
+    if searcher.error is not None:
+        raise searcher.error
+    if study.distinct < budget and not study.stopped_early:
+        raise NASError(f"the search ended after {study.distinct} of {budget} candidates (see {run_dir / 'tune'})")
+    return SearchOutcome(list(study.finished_results()), evaluated, study.stopped_early)

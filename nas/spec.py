@@ -33,8 +33,83 @@ SPEC_VERSION = 1
 DATASETS = ("fashion-mnist", "digits", "folder", "arrays")
 METRICS = ("accuracy", "latency", "params", "flops")
 
+# Upper bounds: far beyond any search that fits a machine, low enough that nothing downstream overflows, hangs
+# or allocates without end (a bad value is refused here, in one line, instead of failing hours later).
+MAX_DEPTH = 64  # layers per stage
+MAX_STAGES = 64  # stages per space
+MAX_RESOLUTION = 4096  # input side in pixels (space.resolution, deploy.resolution)
+MAX_CHANNELS = 16384  # stem, stage and head widths, and head_dim
+MAX_RATIO = 64  # expand, mlp_ratio, v_scale, downsample_expand
+MAX_EPOCHS = 100_000  # train.epochs, sampler probability every_epochs
+MAX_STEPS = 1_000_000_000  # train.warmup_steps
+MAX_BATCH_SIZE = 65_536  # data.batch_size
+MAX_IMAGES = 2**31 - 1  # data.limit, search.val_images
+MAX_CANDIDATES = 1_000_000  # search.candidates, search.population
+MAX_WORKERS = 1024  # search.workers, train.threads
+MAX_SUBNETS = 64  # subnets per training step (train.num_random, sampler step)
+MAX_BUCKETS = 1024  # complexity-aware FLOPs buckets
+MAX_SAMPLES = 100_000  # sampler pool_size, attempts, estimate_samples, bank_size, candidates
+MAX_SEED = 2**32 - 1  # train.seed, data.seed, search.seed: 0..2^32-1 (what numpy and torch accept)
+MAX_SPEC_BYTES = 1_000_000  # a spec file is a few kB
+MAX_YAML_NODES = 100_000  # values in a spec once its aliases are expanded
+MAX_YAML_DEPTH = 32  # nesting of a spec's YAML
+MAX_QUOTE = 200  # characters of a user's value quoted in an error message
+MAX_ERROR_LINES = 20  # error lines of one spec before "... and N more"
+
+
+def _upto(high: int, low: int = 1) -> Any:
+    """An int in low..high."""
+    return Annotated[int, Field(ge=low, le=high)]
+
+
 PositiveInt = Annotated[int, Field(gt=0)]
 Choices = Annotated[list[PositiveInt], Field(min_length=1)]
+Seed = _upto(MAX_SEED, 0)
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+ChannelChoices = Annotated[list[_upto(MAX_CHANNELS)], Field(min_length=1)]
+RatioChoices = Annotated[list[_upto(MAX_RATIO)], Field(min_length=1)]
+ResolutionChoices = Annotated[list[_upto(MAX_RESOLUTION)], Field(min_length=1)]
+
+
+def quote(value: Any, limit: int = MAX_QUOTE) -> str:
+    """`repr(value)` cut to about `limit` characters, so that a huge value never floods a message."""
+    text = repr(value) if not isinstance(value, (list, tuple, dict)) else _bounded_repr(value, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    """The repr of a container, built only as far as about `limit` characters (YAML aliases can share one
+    container many times over, so a full repr may be enormous even for a small file)."""
+    out: list[str] = []
+    size = 0
+    stack: list[Any] = [value]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            piece = item.text
+        elif isinstance(item, (list, tuple, dict)):
+            is_dict = isinstance(item, dict)
+            children = list(item.items())[:limit] if is_dict else list(item[:limit])
+            stack.append(_Text("}" if is_dict else "]"))
+            for i, child in enumerate(reversed(children)):
+                if i:
+                    stack.append(_Text(", "))
+                stack.append(child[1] if is_dict else child)
+                if is_dict:
+                    stack.append(_Text(f"{repr(child[0])[:limit]}: "))
+            piece = "{" if is_dict else "["
+        else:
+            piece = repr(item)[: limit + 1]
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+class _Text:
+    """Literal text on `_bounded_repr`'s work stack."""
+
+    def __init__(self, text: str):
+        self.text = text
 
 
 class _Strict(BaseModel):
@@ -45,15 +120,15 @@ class _Strict(BaseModel):
 
 def _unique(values: list[int]) -> list[int]:
     if len(set(values)) != len(values):
-        raise ValueError(f"choices must be distinct, but got {values}")
+        raise ValueError(f"choices must be distinct, but got {quote(values)}")
     return sorted(values)
 
 
 class DepthRange(_Strict):
     """An inclusive range of layer counts."""
 
-    min: PositiveInt
-    max: PositiveInt
+    min: _upto(MAX_DEPTH)
+    max: _upto(MAX_DEPTH)
 
     @model_validator(mode="after")
     def _ordered(self) -> DepthRange:
@@ -66,7 +141,7 @@ def _depth_from_yaml(value: Any) -> Any:
     """Accept `depth: [1, 3]`, `depth: 2` or `depth: {min: 1, max: 3}`."""
     if isinstance(value, list):
         if len(value) != 2:
-            raise ValueError(f"depth must be [min, max], but got {value}")
+            raise ValueError(f"depth must be [min, max], but got {quote(value)}")
         return {"min": value[0], "max": value[1]}
     if isinstance(value, int) and not isinstance(value, bool):
         return {"min": value, "max": value}
@@ -74,7 +149,7 @@ def _depth_from_yaml(value: Any) -> Any:
 
 
 class StemSpec(_Strict):
-    channels: Choices
+    channels: ChannelChoices
     stride: Literal[1, 2] = 2
     kernel: Literal[3, 5] = 3
 
@@ -86,8 +161,8 @@ class ConvStageSpec(_Strict):
 
     type: Literal["conv"]
     depth: DepthRange
-    channels: Choices
-    expand: Choices
+    channels: ChannelChoices
+    expand: RatioChoices
     kernel: Annotated[list[Literal[3, 5, 7]], Field(min_length=1)]
     stride: Literal[1, 2] = 1
     se: bool = False
@@ -101,12 +176,12 @@ class TransformerStageSpec(_Strict):
 
     type: Literal["transformer"]
     depth: DepthRange
-    channels: Choices
-    head_dim: PositiveInt = 16
-    mlp_ratio: Choices
-    v_scale: Choices
+    channels: ChannelChoices
+    head_dim: _upto(MAX_CHANNELS) = 16
+    mlp_ratio: RatioChoices
+    v_scale: RatioChoices
     stride: Literal[1, 2] = 2
-    downsample_expand: PositiveInt = 4
+    downsample_expand: _upto(MAX_RATIO) = 4
 
     _depth = field_validator("depth", mode="before")(_depth_from_yaml)
     _sorted = field_validator("channels", "mlp_ratio", "v_scale")(_unique)
@@ -115,7 +190,8 @@ class TransformerStageSpec(_Strict):
     def _heads_fit(self) -> TransformerStageSpec:
         bad = [c for c in self.channels if c % self.head_dim]
         if bad:
-            raise ValueError(f"every channel choice must be a multiple of head_dim ({self.head_dim}), but got {bad}")
+            raise ValueError(f"every channel choice must be a multiple of head_dim ({self.head_dim}), "
+                             f"but got {quote(bad)}")
         return self
 
 
@@ -123,15 +199,15 @@ StageSpec = Annotated[ConvStageSpec | TransformerStageSpec, Field(discriminator=
 
 
 class HeadSpec(_Strict):
-    channels: Choices
+    channels: ChannelChoices
 
     _sorted = field_validator("channels")(_unique)
 
 
 class SpaceSpec(_Strict):
-    resolution: Choices
+    resolution: ResolutionChoices
     stem: StemSpec
-    stages: Annotated[list[StageSpec], Field(min_length=1)]
+    stages: Annotated[list[StageSpec], Field(min_length=1, max_length=MAX_STAGES)]
     head: HeadSpec
 
     _sorted = field_validator("resolution")(_unique)
@@ -141,16 +217,40 @@ class DeploySpec(_Strict):
     """Where latency is predicted: the input side of the deployed network (the largest training resolution
     maps to it; smaller resolution choices scale in proportion)."""
 
-    resolution: PositiveInt | None = None
+    resolution: _upto(MAX_RESOLUTION) | None = None
+
+
+class ArrayKeys(_Strict):
+    """The names of the arrays in an `arrays` data set's `.npz`: train is required, val and test optional."""
+
+    x_train: str
+    y_train: str
+    x_val: str | None = None
+    y_val: str | None = None
+    x_test: str | None = None
+    y_test: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs_and_distinct(self) -> ArrayKeys:
+        for split in ("val", "test"):
+            if (getattr(self, f"x_{split}") is None) != (getattr(self, f"y_{split}") is None):
+                raise ValueError(f"x_{split} and y_{split} go together: name both or neither")
+        names = [name for name in self.model_dump().values() if name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each key must name a different array, but got {names}")
+        return self
 
 
 class DataSpec(_Strict):
+    """The data set; `keys` renames the arrays of an `arrays` data set (default `x_train`, `y_train`, ...)."""
+
     dataset: Literal["fashion-mnist", "digits", "folder", "arrays"]
     path: str | None = None
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    batch_size: PositiveInt = 128
-    limit: PositiveInt | None = None
-    seed: int = 0
+    batch_size: _upto(MAX_BATCH_SIZE) = 128
+    limit: _upto(MAX_IMAGES) | None = None
+    seed: Seed = 0
+    keys: ArrayKeys | None = None
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -158,13 +258,15 @@ class DataSpec(_Strict):
     def _path_when_needed(self) -> DataSpec:
         if self.dataset in ("folder", "arrays") and not self.path:
             raise ValueError(f"dataset '{self.dataset}' needs a `path`")
+        if self.keys is not None and self.dataset != "arrays":
+            raise ValueError(f"`keys` only applies to dataset 'arrays', not '{self.dataset}'")
         return self
 
 
 class OptimizerSpec(_Strict):
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0.0)] = 2e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.05
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -193,7 +295,7 @@ class ProbabilitySchedule(_Strict):
 
     start: UnitFloat = 0.2
     step: Annotated[float, Field(ge=0.0, le=1.0)] = 0.15
-    every_epochs: PositiveInt = 1
+    every_epochs: _upto(MAX_EPOCHS) = 1
     max: UnitFloat = 1.0
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -216,9 +318,9 @@ class PerformanceSpec(_Strict):
     minibatch loss) pairs; with probability `probability.at(epoch)` a subnet comes from the bank (weights
     softmax(-loss / temperature)), otherwise the bank picks the best of `candidates` fresh draws."""
 
-    bank_size: PositiveInt = 8
-    candidates: PositiveInt = 3
-    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    bank_size: _upto(MAX_SAMPLES) = 8
+    candidates: _upto(MAX_SAMPLES) = 3
+    temperature: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     probability: ProbabilitySchedule = ProbabilitySchedule()
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -251,14 +353,15 @@ class SamplerSpec(_Strict):
     """
 
     name: Literal["uniform", "sandwich", "complexity_aware"]
-    step: Annotated[list[Literal["max", "random", "min"]], Field(min_length=1)] | None = None
-    buckets: PositiveInt | None = None
-    edges_mflops: Annotated[list[Annotated[float, Field(ge=0.0)]], Field(min_length=2)] | None = None
-    max_bucket_step: Annotated[int, Field(ge=0)] = 1
+    step: Annotated[list[Literal["max", "random", "min"]], Field(min_length=1, max_length=MAX_SUBNETS)] | None = None
+    buckets: _upto(MAX_BUCKETS) | None = None
+    edges_mflops: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]],
+                            Field(min_length=2, max_length=MAX_BUCKETS + 1)] | None = None
+    max_bucket_step: _upto(MAX_BUCKETS, 0) = 1
     walk: Literal["balanced", "random"] = "balanced"
-    pool_size: PositiveInt = 32
-    attempts: Annotated[int, Field(ge=0)] = 32
-    estimate_samples: Annotated[int, Field(ge=10)] = 2000
+    pool_size: _upto(MAX_SAMPLES) = 32
+    attempts: _upto(MAX_SAMPLES, 0) = 32
+    estimate_samples: _upto(MAX_SAMPLES, 10) = 2000
     performance: PerformanceSpec | None = None
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -271,7 +374,7 @@ class SamplerSpec(_Strict):
     def _extremes_once(cls, value: list[str] | None) -> list[str] | None:
         for slot in ("max", "min"):
             if value is not None and value.count(slot) > 1:
-                raise ValueError(f"`{slot}` may appear at most once per step, but got {value}")
+                raise ValueError(f"`{slot}` may appear at most once per step, but got {quote(value)}")
         return value
 
     @field_validator("edges_mflops")
@@ -283,7 +386,7 @@ class SamplerSpec(_Strict):
             raise ValueError("give either `buckets` (quantile edges) or `edges_mflops`, not both")
         bad = [f"{a} >= {b}" for a, b in zip(value, value[1:], strict=False) if a >= b]
         if bad:
-            raise ValueError(f"edges must increase strictly, but got {bad[0]} in {value}")
+            raise ValueError(f"edges must increase strictly, but got {bad[0]} in {quote(value)}")
         return value
 
     @model_serializer(mode="wrap")
@@ -325,8 +428,8 @@ class DistillSpec(_Strict):
 
     teacher: Literal["largest", "random_mean", "external", "none"] = "largest"
     loss: Literal["kl", "alpha"] = "kl"
-    alpha_min: float = -1.0
-    alpha_max: float = 1.0
+    alpha_min: Finite = -1.0
+    alpha_max: Finite = 1.0
     checkpoint: str | None = None
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -398,15 +501,15 @@ class DistillSpec(_Strict):
 class TrainSpec(_Strict):
     """`train`: epochs, optimiser and schedule, the arch sampler, distillation and diagnostics."""
 
-    epochs: PositiveInt = 3
+    epochs: _upto(MAX_EPOCHS) = 3
     sampler: SamplerSpec = SamplerSpec(name="sandwich")
-    num_random: Annotated[int, Field(ge=0)] = 2
+    num_random: _upto(MAX_SUBNETS, 0) = 2
     distill: DistillSpec = DistillSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: Annotated[int, Field(ge=0)] = 50
-    seed: int = 0
-    threads: PositiveInt | None = None
+    warmup_steps: _upto(MAX_STEPS, 0) = 50
+    seed: Seed = 0
+    threads: _upto(MAX_WORKERS) | None = None
     grad_cosine: bool = False
 
     @field_validator("sampler", mode="before")
@@ -416,7 +519,7 @@ class TrainSpec(_Strict):
             if value not in SAMPLER_NAMES:
                 close = difflib.get_close_matches(value, SAMPLER_NAMES, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown sampler '{value}'{hint} (known: {', '.join(SAMPLER_NAMES)})")
+                raise ValueError(f"unknown sampler {quote(value)}{hint} (known: {', '.join(SAMPLER_NAMES)})")
             return {"name": value}
         return value
 
@@ -425,7 +528,7 @@ class TrainSpec(_Strict):
     def _distill_shorthand(cls, value: Any) -> Any:
         if isinstance(value, str):
             if value not in ("inplace", "none"):
-                raise ValueError(f"distill is `inplace`, `none` or a mapping with `teacher`, but got '{value}'")
+                raise ValueError(f"distill is `inplace`, `none` or a mapping with `teacher`, but got {quote(value)}")
             return {} if value == "inplace" else {"teacher": "none"}
         return value
 
@@ -454,11 +557,11 @@ class TrainSpec(_Strict):
 
 class SearchSpec(_Strict):
     engine: Literal["nsga2", "random", "tpe"] = "nsga2"
-    candidates: PositiveInt = 200
-    population: Annotated[int, Field(ge=2)] = 40
-    seed: int = 0
-    workers: PositiveInt = 2
-    val_images: PositiveInt | None = None
+    candidates: _upto(MAX_CANDIDATES) = 200
+    population: _upto(MAX_CANDIDATES, 2) = 40
+    seed: Seed = 0
+    workers: _upto(MAX_WORKERS) = 2
+    val_images: _upto(MAX_IMAGES) | None = None
 
 
 class Objective(_Strict):
@@ -481,8 +584,8 @@ class Objective(_Strict):
 
 
 class Bound(_Strict):
-    min: float | None = None
-    max: float | None = None
+    min: Finite | None = None
+    max: Finite | None = None
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -570,7 +673,8 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         elif part in ("conv", "transformer"):
             continue  # the discriminator tag pydantic inserts for tagged unions
         else:
-            out += f".{part}" if out else str(part)
+            name = str(part) if len(str(part)) <= 60 else quote(str(part), 60)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 
@@ -611,14 +715,14 @@ def _describe(error: dict[str, Any]) -> str:
         known = sorted(owner.model_fields) if owner else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
-        return f"unknown key '{loc[-1]}'{hint}"
+        return f"unknown key {quote(str(loc[-1]), 60)}{hint}"
     if kind == "missing":
         return "required key is missing"
     message = str(error["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
     if kind not in ("value_error", "assertion_error") and "input" in error:
-        message += f" (got {error['input']!r})"
+        message += f" (got {quote(error['input'])})"
     return message
 
 
@@ -628,30 +732,99 @@ def parse_spec(raw: Any, source: str) -> Spec:
         raise SpecError(f"{source}: (top level): a spec must be a mapping, but got {type(raw).__name__}")
     version = raw.get("version")
     if version != SPEC_VERSION:
-        raise SpecError(f"{source}: version: this nas reads spec version {SPEC_VERSION}, but got {version!r}")
+        raise SpecError(f"{source}: version: this nas reads spec version {SPEC_VERSION}, but got {quote(version)}")
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{source}: {_format_loc(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        errors = exc.errors()
+        lines = [f"{source}: {_format_loc(tuple(e['loc']))}: {_describe(e)}" for e in errors[:MAX_ERROR_LINES]]
+        if len(errors) > MAX_ERROR_LINES:
+            lines.append(f"{source}: ... and {len(errors) - MAX_ERROR_LINES} more errors")
         raise SpecError("\n".join(lines)) from None
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a YAML spec file."""
-    path = Path(path)
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_graph(root: yaml.Node, path: Path) -> None:
+    """Refuse a composed YAML document that, once its aliases are expanded, holds more than MAX_YAML_NODES
+    values, nests deeper than MAX_YAML_DEPTH or contains itself. Counted on the shared graph (each node once),
+    so a 600-byte "billion laughs" document is refused in microseconds instead of being expanded."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values once expanded, nesting depth)
+    active: set[int] = set()  # the nodes on the current path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            parts = [sizes[id(child)] for child in _children(node)]
+            size = min(1 + sum(n for n, _ in parts), MAX_YAML_NODES + 1)
+            sizes[key] = (size, 1 + max((d for _, d in parts), default=0))
+            active.discard(key)
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise SpecError(f"{path}: line {node.start_mark.line + 1}: a YAML alias refers to a value that "
+                            "contains it (a recursive document)")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    size, depth = sizes[id(root)]
+    if size > MAX_YAML_NODES:
+        raise SpecError(f"{path}: the document expands to more than {MAX_YAML_NODES:,} values (YAML aliases "
+                        "multiply them); a spec holds a few hundred")
+    if depth > MAX_YAML_DEPTH:
+        raise SpecError(f"{path}: the document nests {depth} levels deep; a spec nests at most {MAX_YAML_DEPTH}")
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of a spec file: at most MAX_SPEC_BYTES of UTF-8 text, safe-loaded, bounded in size."""
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES:,} bytes; a spec is a small YAML text file")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); a spec is "
+                        "a YAML text file") from None
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_graph(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = problem if len(problem) <= 2 * MAX_QUOTE else problem[: 2 * MAX_QUOTE - 3] + "..."
         raise SpecError(f"{path}: {where}malformed YAML: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: the document nests too deep; a spec nests at most {MAX_YAML_DEPTH} levels") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a YAML spec file (UTF-8 text, at most MAX_SPEC_BYTES, at most MAX_YAML_NODES values
+    once YAML aliases are expanded)."""
+    path = Path(path)
+    raw = _read_yaml(path)
     spec = parse_spec(raw, str(path))
     if spec.name is None:
         spec = spec.model_copy(update={"name": path.stem})

@@ -6,7 +6,7 @@ loads without the `nas` package or the supernet:
     import json, torch
     from model import build
     net = build(json.load(open("network.json")))
-    net.load_state_dict(torch.load("weights.pt"))
+    net.load_state_dict(torch.load("weights.pt", weights_only=True))
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import numbers
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -52,6 +52,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -65,8 +66,10 @@ from nas.errors import StoreError
 
 __all__ = ["CandidateRecord", "JobRecord", "Metric", "Store", "default_store_url", "JOB_STATUSES"]
 
-JOB_STATUSES = ("running", "done", "failed")
-_FINAL_STATUSES = ("done", "failed")
+JOB_STATUSES = ("running", "done", "interrupted", "failed")
+_FINAL_STATUSES = ("done", "interrupted", "failed")
+#: Statuses `claim_job` may take over (a `running` job only when its owner is gone: see `claim_job`).
+_RESUMABLE_STATUSES = ("interrupted", "failed", "running")
 _SQLITE_BUSY_TIMEOUT_S = 30.0
 _PG_CONNECT_TIMEOUT_S = 10
 
@@ -96,10 +99,13 @@ class JobRecord:
     spec: dict
     spec_hash: str
     targets: tuple[str, ...]
-    status: str  # "running" | "done" | "failed"
+    status: str  # "running" | "done" | "interrupted" | "failed" (as stored; see nas.lifecycle for liveness)
     created_at: datetime  # timezone-aware, UTC
     finished_at: datetime | None
     run_dir: str
+    pid: int | None = None  # the process that runs (or last ran) the job
+    host: str | None = None  # the host name of that process
+    heartbeat_at: datetime | None = None  # its last sign of life, UTC
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,10 @@ class _Job(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     run_dir: Mapped[str] = mapped_column(String)
+    # Added after the first release; `_add_missing_columns` adds them to older stores.
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class _Candidate(_Base):
@@ -220,13 +230,35 @@ class _Artifact(_Base):
 # --------------------------------------------------------------------------------------------- helpers
 
 
+_MAX_SHOWN = 200  # characters of a user's URL or value quoted in an error message
+_MAX_ID = 2**63 - 1  # ids are SQL BIGINTs
+
+
 def _redact(url: str | URL) -> str:
-    """The URL as text without its password (also for strings that are not parseable URLs)."""
+    """The URL as one line of text without its password, also for strings that are not parseable URLs.
+
+    A parsed URL drops its password (and a `password` query value). Any other text hides everything from the
+    first `:` of its user info to the last `@` (`bob:secret@host` -> `bob:***@host`), whatever characters the
+    password holds, and `password=` values: a malformed URL cannot say where its password ends, so more is
+    hidden rather than less. At most about 200 characters are kept.
+    """
     if isinstance(url, URL):
+        if "@" in (url.host or ""):  # an unencoded '@' in the password: the parser split it in the wrong place
+            return _redact(url.render_as_string(hide_password=False))
         query = {k: v for k, v in url.query.items() if k.lower() != "password"}
         # URL.set(password=None) would keep the password: None means "unchanged" there.
-        return url._replace(password=None).set(query=query).render_as_string(hide_password=False)
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1@", url)
+        text = url._replace(password=None).set(query=query).render_as_string(hide_password=False)
+    else:
+        text = " ".join(str(url).split())
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "", text
+        if "@" in rest:
+            userinfo, _, host = rest.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            rest = f"{user}{':***' if colon else ''}@{host}"
+        text = re.sub(r"(?i)(password=)[^&]*", r"\1***", scheme + sep + rest)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
 def _one_line(text: str) -> str:
@@ -257,9 +289,16 @@ def _check_str(value: Any, what: str, *, allow_empty: bool = False) -> str:
 
 
 def _check_id(value: Any, what: str) -> int:
+    """An id that fits the store's BIGINT ids: 1..2^63-1 (anything else cannot exist, and overflows SQL)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise StoreError(f"{what} must be an integer id, but got {value!r}")
-    return int(value)
+        shown = repr(value)
+        shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
+        raise StoreError(f"{what} must be an integer id, but got {shown}")
+    number = int(value)
+    if not 1 <= number <= _MAX_ID:
+        shown = str(number) if number.bit_length() < 256 else f"a number of about {number.bit_length() * 3 // 10 + 1} digits"
+        raise StoreError(f"{what} must be an id from 1 to {_MAX_ID} (2^63-1), but got {shown}")
+    return number
 
 
 def _check_json(value: Any, what: str) -> dict:
@@ -316,11 +355,14 @@ class Store:
             raise StoreError(f"cannot reach store {self._safe_url}: the store URL must be a non-empty string")
         try:
             parsed = make_url(url.strip())
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number, a broken IPv6 host
             raise StoreError(
                 f"cannot reach store {self._safe_url}: not a database URL "
                 "(expected e.g. sqlite:///nas.db or postgresql+psycopg://user@host:5432/db)"
             ) from exc
+        if "@" in (parsed.host or ""):
+            raise StoreError(f"cannot reach store {_redact(parsed)}: the user name or password holds an '@' "
+                             "that is not URL-encoded (write it as %40)")
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         self._safe_url = _redact(parsed)
@@ -384,10 +426,22 @@ class Store:
         for attempt in range(2):
             try:
                 _Base.metadata.create_all(self._write_engine)
+                self._add_missing_columns()
                 return
             except SQLAlchemyError as exc:
                 if attempt == 1 or self._backend != "postgresql" or not _is_create_race(exc):
                     raise
+
+    def _add_missing_columns(self) -> None:
+        """Add the nullable job columns that stores created by an older nas lack (additive, idempotent)."""
+        present = {c["name"] for c in inspect(self._engine).get_columns(_Job.__tablename__)}
+        missing = [c for c in _Job.__table__.columns if c.name not in present]
+        if not missing:
+            return
+        with self._write_engine.begin() as conn:
+            for column in missing:
+                kind = column.type.compile(dialect=self._engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {_Job.__tablename__} ADD COLUMN {column.name} {kind}")
 
     @contextmanager
     def _tx(self, op: str, *, write: bool) -> Iterator[Session]:
@@ -428,8 +482,9 @@ class Store:
 
     # jobs
 
-    def create_job(self, name: str, spec: dict, spec_hash: str, targets: Sequence[str], run_dir: str) -> int:
-        """Insert a job with status "running"; returns its id."""
+    def create_job(self, name: str, spec: dict, spec_hash: str, targets: Sequence[str], run_dir: str,
+                   pid: int | None = None, host: str | None = None) -> int:
+        """Insert a job with status "running", owned by process `pid` on `host` (heartbeat now); returns its id."""
         name = _check_str(name, "job name")
         spec = _check_json(spec, f"spec of job {name!r}")
         spec_hash = _check_str(spec_hash, f"spec_hash of job {name!r}")
@@ -445,6 +500,9 @@ class Store:
                 created_at=_utcnow(),
                 finished_at=None,
                 run_dir=run_dir,
+                pid=pid,
+                host=host,
+                heartbeat_at=_utcnow() if pid is not None else None,
             )
             s.add(job)
             s.flush()
@@ -456,8 +514,49 @@ class Store:
         with self._tx(f"set run_dir of job {job_id}", write=True) as s:
             self._job_row(s, job_id).run_dir = run_dir
 
+    def beat(self, job_id: int, pid: int) -> bool:
+        """Record a sign of life of job `job_id`'s owner `pid`; False when another process owns the job now."""
+        job_id = _check_id(job_id, "job_id")
+        with self._tx(f"record a heartbeat of job {job_id}", write=True) as s:
+            job = self._job_row(s, job_id)
+            if job.pid != pid or job.status != "running":
+                return False
+            job.heartbeat_at = _utcnow()
+            return True
+
+    def claim_job(self, job_id: int, pid: int, host: str, owner_gone: Callable[[JobRecord], bool]) -> JobRecord:
+        """Take over an interrupted or failed job (or a `running` one whose owner `owner_gone` says is gone) for
+        process `pid` on `host`: status back to "running", a fresh heartbeat. Atomic (the job row is locked), so
+        of two processes claiming one job at once exactly one succeeds; the other gets a StoreError."""
+        job_id = _check_id(job_id, "job_id")
+        with self._tx(f"claim job {job_id}", write=True) as s:
+            job = self._job_row(s, job_id, for_update=True)
+            record = _job_record(job)
+            if job.status == "done":
+                raise StoreError(f"job {job_id} is already done; nothing to resume")
+            if job.status not in _RESUMABLE_STATUSES or (job.status == "running" and not owner_gone(record)):
+                raise StoreError(
+                    f"job {job_id} is running (pid {job.pid} on {job.host}, last heartbeat "
+                    f"{_aware(job.heartbeat_at)}); it cannot be resumed while its process is alive"
+                )
+            job.status, job.pid, job.host = "running", pid, host
+            job.heartbeat_at, job.finished_at = _utcnow(), None
+            return _job_record(job)
+
+    def mark_interrupted(self, job_id: int, pid: int | None, heartbeat_at: datetime | None) -> bool:
+        """Set a `running` job whose owner is gone to "interrupted", only if it is still owned by `pid` with the
+        heartbeat `heartbeat_at` that was judged stale (so a job that came back to life is left alone)."""
+        job_id = _check_id(job_id, "job_id")
+        with self._tx(f"mark job {job_id} interrupted", write=True) as s:
+            job = self._job_row(s, job_id, for_update=True)
+            if job.status != "running" or job.pid != pid or _aware(job.heartbeat_at) != heartbeat_at:
+                return False
+            job.status, job.finished_at = "interrupted", _utcnow()
+            return True
+
     def finish_job(self, job_id: int, status: str) -> None:
-        """Set the final status ("done" or "failed") and finished_at; finishing again overwrites both."""
+        """Set the final status ("done", "interrupted" or "failed") and finished_at; finishing again overwrites
+        both."""
         job_id = _check_id(job_id, "job_id")
         if status not in _FINAL_STATUSES:
             raise StoreError(
@@ -721,6 +820,9 @@ def _job_record(job: _Job) -> JobRecord:
         created_at=_aware(job.created_at),
         finished_at=_aware(job.finished_at),
         run_dir=job.run_dir,
+        pid=job.pid,
+        host=job.host,
+        heartbeat_at=_aware(job.heartbeat_at),
     )
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
+import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from nas import static_model
 from nas.data import Splits
 from nas.errors import NASError
+from nas.files import write_atomic
 from nas.sampling import ArchSampler, make_sampler
 from nas.space import ArchConfig, SearchSpace
 from nas.spec import DistillSpec, Spec
@@ -225,17 +228,76 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """`torch.save` to `path` through a unique, synced temporary file: a reader (or a resume after a crash)
+    sees the previous checkpoint or the complete new one, and concurrent writers never share a temporary."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _write_json_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    write_atomic(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Raise a NASError unless `value` is tensors and plain data (dicts, lists, tuples, str, numbers, None),
+    the only things a checkpoint may hold: checkpoints are loaded with `weights_only=True`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise NASError(f"{where}: key {key!r} of type {type(key).__name__} cannot go into a checkpoint "
+                               f"(tensors and plain data only)")
+            check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif not isinstance(value, str | int | float | bool | torch.Tensor | None):
+        raise NASError(f"{where}: a {type(value).__name__} cannot go into a checkpoint (tensors and plain data "
+                       f"only: dicts, lists, strings, numbers, None); return plain data from state_dict()")
+
+
+def rng_state(rng: random.Random) -> dict[str, Any]:
+    """`rng`'s state as plain data (a checkpoint loads with `weights_only=True`); `set_rng_state` restores it."""
+    version, internal, gauss_next = rng.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def set_rng_state(rng: random.Random, state: Any) -> None:
+    """Restore what `rng_state` saved (or a `getstate()` tuple of older checkpoints), exactly."""
+    if isinstance(state, dict):
+        state = (state["version"], state["internal"], state["gauss_next"])
+    version, internal, gauss_next = state
+    rng.setstate((int(version), tuple(int(v) for v in internal), None if gauss_next is None else float(gauss_next)))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run to paragraphs), else its type."""
+    text = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_checkpoint(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """A checkpoint written by this module, loaded with `weights_only=True` (tensors and plain data only, so a
+    crafted file cannot run code); any failure is one NASError line naming the file, the reason and `hint`."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it will refuse anyway
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        reason = "no such file"
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            named = f" ({found.group(1)})" if found else ""
+            reason = (f"it holds pickled Python objects{named} beyond tensors and plain data; refused, since "
+                      f"loading them could run arbitrary code")
+        else:
+            reason = f"the file is corrupt or truncated ({_first_line(exc)})"
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
+        reason = f"the file is corrupt or truncated ({_first_line(exc)})"
+    else:
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            return state
+        reason = "not a nas checkpoint (no model weights in it)"
+    raise NASError(f"{path}: cannot load {what}: {reason}; {hint}")
 
 
 def step_roles(sampler: ArchSampler, distill: DistillSpec, count: int) -> tuple[str, ...]:
@@ -302,14 +364,21 @@ def train_supernet(spec: Spec, space: SearchSpace, splits: Splits, run_dir: Path
         latest = _latest_checkpoint(run_dir)
         if latest is None:
             raise NASError(f"{run_dir}: --resume found no checkpoint in {run_dir / CHECKPOINT_DIR}")
-        state = torch.load(latest, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        sampler.load_state_dict(state["sampler"])
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, step = state["epoch"], state["step"]
+        hint = "delete it to resume from the epoch before, or train from scratch with --retrain"
+        state = load_checkpoint(latest, "the checkpoint to resume from", hint)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            sampler.load_state_dict(state["sampler"])
+            set_rng_state(rng, state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+        except NASError:
+            raise
+        except Exception as exc:  # a checkpoint of another space or version: say so, in one line
+            raise NASError(f"{latest}: cannot resume from this checkpoint: it does not fit this run "
+                           f"({_first_line(exc)}); {hint}") from None
         history = list(state.get("metrics", []))
         if cosine is not None:
             cosine.previous = state.get("grad_previous")
@@ -357,8 +426,10 @@ def train_supernet(spec: Spec, space: SearchSpace, splits: Splits, run_dir: Path
             record["grad_cosine"] = sum(cosines) / len(cosines) if cosines else float("nan")
         history.append(record)
         _write_json_atomic({"epochs": history}, run_dir / METRICS_NAME)
+        sampler_state = sampler.state_dict()
+        check_plain(sampler_state, f"train.sampler: {type(sampler).__name__}.state_dict()")
         _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "schedule": schedule.state_dict(), "sampler": sampler.state_dict(), "rng": rng.getstate(),
+                      "schedule": schedule.state_dict(), "sampler": sampler_state, "rng": rng_state(rng),
                       "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step, "metrics": history,
                       "grad_previous": cosine.previous if cosine is not None else None},
                      run_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1}.pt")
@@ -371,11 +442,13 @@ def train_supernet(spec: Spec, space: SearchSpace, splits: Splits, run_dir: Path
 
 
 def load_supernet(space: SearchSpace, checkpoint: Path) -> Supernet:
-    """A supernet for `space` with the weights of a finished training run."""
-    try:
-        state = torch.load(checkpoint, weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise NASError(f"{checkpoint}: cannot load supernet checkpoint: {exc}") from None
+    """A supernet for `space` with the weights of a finished training run (tensors only: `load_checkpoint`)."""
+    hint = "train it again with `nas train SPEC --retrain`"
+    state = load_checkpoint(checkpoint, "the trained supernet", hint)
     model = Supernet(space)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except Exception as exc:
+        raise NASError(f"{checkpoint}: cannot load the trained supernet: its weights do not fit this spec's space "
+                       f"({_first_line(exc)}); {hint}") from None
     return model.eval()

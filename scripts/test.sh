@@ -7,5 +7,4 @@ ruff check .
 pg_url=$(bash scripts/start_postgres.sh | tail -n 1)
 trap 'bash scripts/stop_postgres.sh >/dev/null 2>&1 || true' EXIT
 export NAS_TEST_POSTGRES_URL="$pg_url"
-export RAY_AUTH_MODE=disabled
 python3 -m pytest tests "$@"

@@ -33,7 +33,6 @@ class Workspace:
         env["NAS_LATENCY_TABLES"] = str(self.path / "latency_tables")
         env["NAS_STORE"] = f"sqlite:///{self.path / 'nas.db'}"
         env["NAS_RUNS"] = str(self.path / "runs")
-        env.setdefault("RAY_AUTH_MODE", "disabled")
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -415,3 +415,79 @@ def test_concurrent_writers_agree_on_ids(store_url):
         cands = check.candidates(job_id)
     assert len(cands) == 8 + 4 * 8
     assert len({c.arch_hash for c in cands}) == len(cands)
+
+
+# ------------------------------------------------------------------------------------- bounded input
+
+
+def test_ids_that_cannot_fit_a_bigint_are_one_line(store):
+    calls = {
+        "job": lambda i: store.job(i),
+        "candidates": lambda i: store.candidates(i),
+        "candidate": lambda i: store.candidate(i),
+        "pareto": lambda i: store.pareto(i, "host"),
+        "add_metrics": lambda i: store.add_metrics(i, [Metric("params", 1)]),
+    }
+    for what, call in calls.items():
+        for bad in (2**63, 10**20, 0, -1):
+            with pytest.raises(StoreError, match=r"_id must be an id from 1 to 9223372036854775807 \(2\^63-1\), "
+                                                 rf"but got {bad}$") as err:
+                call(bad)
+            _one_line(str(err.value))
+        with pytest.raises(StoreError, match=r"but got a number of about 9\d{4} digits$"):
+            call(10**100_000)
+        with pytest.raises(StoreError, match=r"does not exist in "):  # the largest id fits: it just is not there
+            call(2**63 - 1)
+    with pytest.raises(StoreError, match=r"must be an integer id, but got '1111111111.*\.\.\.$") as err:
+        store.job("1" * 10_000)
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "bob:hunter2@host",  # no scheme
+        "bob:hunter2@host:5432/nas",
+        " bob:hunter2@db.example.org/nas\n",
+        "postgresql:/bob:hunter2@host/nas",  # one slash
+        "postgresql//bob:hunter2@host/nas",  # no colon
+        "://bob:hunter2@host/nas",  # empty scheme
+        "postgresql+psycopg://bob:hunter2@[::1/nas",  # a broken IPv6 host (ValueError in make_url)
+        "postgresql+psycopg://bob:hunter2@host:port/nas",  # a port that is not a number
+        "postgresql+psycopg://bob:hun@ter2@127.0.0.1:1/nas",  # an '@' in the password, not URL-encoded
+        "postgresql+psycopg://bob:hun/ter2@host:port/nas",  # a '/' in the password
+        "bob:hunter2@" + "h" * 5000,
+        "not a url?password=hunter2&x=1",
+    ],
+)
+def test_malformed_urls_never_show_the_password(url):
+    with pytest.raises(StoreError, match=r"^cannot reach store ") as err:
+        Store(url)
+    msg = str(err.value)
+    _one_line(msg)
+    assert "hunter2" not in msg and "ter2" not in msg and len(msg) < 400, msg
+    assert "Traceback" not in msg
+
+
+def test_redacted_malformed_url_keeps_what_is_not_secret():
+    with pytest.raises(StoreError) as err:
+        Store("bob:hunter2@host:5432/nas")
+    assert str(err.value).startswith("cannot reach store bob:***@host:5432/nas: not a database URL")
+    with pytest.raises(StoreError) as err:
+        Store("postgresql+psycopg://bob:hun@ter2@127.0.0.1:1/nas")
+    assert str(err.value) == ("cannot reach store postgresql+psycopg://bob:***@127.0.0.1:1/nas: the user name or "
+                              "password holds an '@' that is not URL-encoded (write it as %40)")
+
+
+@pytest.mark.parametrize(("command", "value"), [("show", "100000000000000000000"), ("pareto", "0"),
+                                                 ("export", "-5"), ("show", "abc")])
+def test_cli_ids_that_cannot_exist_are_one_line(workspace, command, value):
+    args = [command, "--", value] + (["--target", "host"] if command == "pareto" else [])
+    if command == "pareto":
+        args = [command, "--target", "host", "--", value]
+    proc = workspace.run(*args, check=False)
+    name = "job_id" if command == "pareto" else "candidate_id"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {name}: must be an integer id from 1 to 9223372036854775807 "
+                                        f"(2^63-1), but got '{value}'"]
+    assert not (workspace.path / "nas.db").exists()  # refused before the store is opened

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import io
 import json
+import os
 import random
+import shlex
 import shutil
 from pathlib import Path
 
@@ -18,7 +21,17 @@ from nas.sampling import _SAMPLERS, ArchSampler, SandwichSampler, UniformSampler
 from nas.space import SearchSpace
 from nas.spec import parse_spec
 from nas.supernet import Supernet
-from nas.train import GradCosine, alpha_divergence_loss, distill_loss, load_teacher, train_supernet
+from nas.train import (
+    GradCosine,
+    alpha_divergence_loss,
+    distill_loss,
+    load_checkpoint,
+    load_supernet,
+    load_teacher,
+    rng_state,
+    set_rng_state,
+    train_supernet,
+)
 
 
 def _spec(tiny_spec_path: Path, **train: object):
@@ -53,16 +66,21 @@ def test_training_lowers_loss_and_resume_is_exact(tiny_spec_path: Path, tmp_path
     space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
 
     straight = train_supernet(spec, space, splits, tmp_path / "straight", progress=False)
-    first = torch.load(straight.checkpoint)["model"]
+    first = torch.load(straight.checkpoint, weights_only=True)["model"]
 
     # A run that died after its first epoch left only that epoch's checkpoint: resume from it.
     crashed = tmp_path / "resumed" / "checkpoints"
     crashed.mkdir(parents=True)
     shutil.copy(tmp_path / "straight" / "checkpoints" / "epoch_1.pt", crashed / "epoch_1.pt")
     resumed = train_supernet(spec, space, splits, tmp_path / "resumed", resume=True, progress=False)
-    second = torch.load(resumed.checkpoint)["model"]
+    second = torch.load(resumed.checkpoint, weights_only=True)["model"]
 
     assert resumed.steps == straight.steps
+    # The resumed run continues the learning curve: its history spans both epochs, the loss falls across the
+    # resume, and every epoch's figures are the uninterrupted run's.
+    losses = [epoch["mean_loss"] for epoch in resumed.epoch_metrics]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert losses == [epoch["mean_loss"] for epoch in straight.epoch_metrics]
     assert sorted(first) == sorted(second)
     for name in first:
         assert torch.equal(first[name], second[name]), name
@@ -98,8 +116,8 @@ def test_learning_sampler_resumes_exactly(tiny_spec_path: Path, tmp_path: Path) 
     shutil.copy(tmp_path / "straight" / "checkpoints" / "epoch_1.pt", crashed / "epoch_1.pt")
     resumed = train_supernet(spec, space, splits, tmp_path / "resumed", resume=True, progress=False)
 
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "epoch_3.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "epoch_3.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "epoch_3.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "epoch_3.pt", weights_only=True)
     assert a["sampler"] == b["sampler"] and a["rng"] == b["rng"]
     assert sum(len(bank) for bank in a["sampler"]["banks"]) > 0 and a["sampler"]["epoch"] == 2
     for name in a["model"]:
@@ -287,3 +305,140 @@ def test_grad_cosine_on_shared_weights() -> None:
     assert cosine.update([w]) is None
     w.grad = None
     assert cosine.update([w]) is None
+
+
+# ---- checkpoints: atomic, plain data only, loaded safely -------------------------------------------------
+def _tiny(tiny_spec_path: Path, **train: object):
+    spec = _spec(tiny_spec_path, **train)
+    splits = load(spec.data)
+    return spec, splits, SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
+
+
+def _one_line_error(err: pytest.ExceptionInfo[NASError]) -> str:
+    message = str(err.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def test_checkpoint_write_is_atomic_and_never_shares_a_temporary(tiny_spec_path: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save dying half-way (disk full) leaves the previous epoch intact, nothing under the final name and no
+    temporary behind; a concurrent trainer's in-flight file (the name the old code used) is never touched."""
+    torch.set_num_threads(1)
+    spec, splits, space = _tiny(tiny_spec_path, epochs=2)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    other = checkpoints / "epoch_1.tmp"
+    other.write_bytes(b"another trainer's checkpoint, being written")
+    real_save = torch.save
+
+    def save_dying_in_epoch_2(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            if isinstance(f, str | Path):
+                Path(f).write_bytes(b"half a checkpoint")
+            else:
+                f.write(b"half a checkpoint")  # type: ignore[attr-defined]
+            raise OSError("No space left on device")
+        real_save(obj, f, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "save", save_dying_in_epoch_2)
+    with pytest.raises(OSError, match="No space left"):
+        train_supernet(spec, space, splits, tmp_path, progress=False)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_1.pt", "epoch_1.tmp"]
+    assert other.read_bytes() == b"another trainer's checkpoint, being written"
+    assert load_checkpoint(checkpoints / "epoch_1.pt", "epoch 1", "")["epoch"] == 1
+    resumed = train_supernet(spec, space, splits, tmp_path, resume=True, progress=False)
+    assert resumed.steps == 2 * max(1, len(splits.y_train) // spec.data.batch_size)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_1.pt", "epoch_1.tmp", "epoch_2.pt"]
+
+
+class _RunsCode:
+    """Pickles as a call to os.system: what a crafted checkpoint does to whoever unpickles it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_checkpoint_with_pickled_code_is_refused_without_running_it(tiny_spec_path: Path, tmp_path: Path) -> None:
+    spec, splits, space = _tiny(tiny_spec_path, epochs=1)
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "supernet.pt"
+    torch.save({"model": Supernet(space).state_dict(), "extra": _RunsCode(marker)}, evil)
+
+    with pytest.raises(NASError) as err:
+        load_supernet(space, evil)
+    message = _one_line_error(err)
+    assert message.startswith(f"{evil}: cannot load the trained supernet: it holds pickled Python objects")
+    assert "system" in message and "--retrain" in message
+    assert not marker.exists()
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(evil, run / "checkpoints" / "epoch_1.pt")
+    with pytest.raises(NASError, match="pickled Python objects") as err:
+        train_supernet(spec, space, splits, run, resume=True, progress=False)
+    assert "--retrain" in _one_line_error(err)
+    assert not marker.exists()
+
+
+def test_corrupt_or_truncated_checkpoint_is_one_line_suggesting_retrain(tiny_spec_path: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    spec, splits, space = _tiny(tiny_spec_path, epochs=1)
+    result = train_supernet(spec, space, splits, tmp_path / "run", progress=False)
+    good = result.checkpoint.read_bytes()
+    not_ours = io.BytesIO()
+    torch.save([1, 2, 3], not_ours)
+    damaged = {"truncated": good[: len(good) // 2], "garbage": b"not a checkpoint at all", "empty": b"",
+               "not_ours": not_ours.getvalue()}
+    for name, data in damaged.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(data)
+        with pytest.raises(NASError) as err:
+            load_supernet(space, path)
+        message = _one_line_error(err)
+        assert message.startswith(f"{path}: cannot load the trained supernet: "), message
+        assert message.endswith("train it again with `nas train SPEC --retrain`"), message
+    other = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes + 3)
+    with pytest.raises(NASError, match="do not fit this spec's space") as err:
+        load_supernet(other, result.checkpoint)
+    _one_line_error(err)
+
+    latest = tmp_path / "run" / "checkpoints" / "epoch_1.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(NASError, match="corrupt or truncated") as err:
+        train_supernet(spec, space, splits, tmp_path / "run", resume=True, progress=False)
+    assert "--retrain" in _one_line_error(err)
+
+
+def test_rng_state_is_plain_data_and_restores_exactly() -> None:
+    rng = random.Random(3)
+    rng.gauss(0.0, 1.0)  # leaves a cached second normal deviate in the state
+    buffer = io.BytesIO()
+    torch.save({"rng": rng_state(rng)}, buffer)
+    buffer.seek(0)
+    restored = random.Random()
+    set_rng_state(restored, torch.load(buffer, weights_only=True)["rng"])
+    assert restored.getstate() == rng.getstate()
+    assert [restored.gauss(0.0, 1.0) for _ in range(3)] == [rng.gauss(0.0, 1.0) for _ in range(3)]
+
+
+class _ObjectState(UniformSampler):
+    """A sampler whose state holds an object: it could only be restored by unpickling code."""
+
+    def state_dict(self) -> dict:
+        return {"last": self.space.largest()}
+
+
+def test_sampler_state_that_is_not_plain_data_is_refused(tiny_spec_path: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nas.train, "make_sampler", _ObjectState)
+    spec, splits, space = _tiny(tiny_spec_path, epochs=1)
+    with pytest.raises(NASError, match=r"_ObjectState.state_dict\(\)\['last'\]: a ArchConfig cannot go into a "
+                                       r"checkpoint") as err:
+        train_supernet(spec, space, splits, tmp_path, progress=False)
+    _one_line_error(err)

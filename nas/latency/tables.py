@@ -54,6 +54,12 @@ def table_path(target: str, directory: Path | None = None) -> Path:
     return (directory or tables_dir()) / f"{check_target_name(target)}.json"
 
 
+def quote(value: Any, limit: int = 200) -> str:
+    """`repr(value)` cut to about `limit` characters: a corrupt table must not flood a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_positive_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             and value > 0)
@@ -64,18 +70,18 @@ def table_problems(data: dict[str, Any]) -> list[str]:
     missing = [name for name in REQUIRED_FIELDS if name not in data]
     problems = [f"missing field(s) {', '.join(missing)}"] if missing else []
     text_fields = ("target", "device", "runtime", "date", "method")
-    problems += [f"{name}: must be a non-empty string, got {data[name]!r}" for name in text_fields
+    problems += [f"{name}: must be a non-empty string, got {quote(data[name])}" for name in text_fields
                  if name in data and not (isinstance(data[name], str) and data[name])]
     threads = data.get("threads")
     if "threads" in data and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        problems.append(f"threads: must be an integer >= 1, got {threads!r}")
+        problems.append(f"threads: must be an integer >= 1, got {quote(threads)}")
     provenance = data.get("provenance")
     if "provenance" in data and provenance not in PROVENANCES:
-        problems.append(f"provenance: must be one of {', '.join(PROVENANCES)}, got {provenance!r}")
+        problems.append(f"provenance: must be one of {', '.join(PROVENANCES)}, got {quote(provenance)}")
     if "overhead_ms" in data and not (isinstance(data["overhead_ms"], (int, float))
                                       and not isinstance(data["overhead_ms"], bool)
                                       and math.isfinite(data["overhead_ms"]) and data["overhead_ms"] >= 0):
-        problems.append(f"overhead_ms: must be a number >= 0, got {data['overhead_ms']!r}")
+        problems.append(f"overhead_ms: must be a number >= 0, got {quote(data['overhead_ms'])}")
     validation = data.get("validation")
     if validation is not None and not isinstance(validation, dict):
         problems.append(f"validation: must be an object or null, got {type(validation).__name__}")
@@ -87,7 +93,8 @@ def table_problems(data: dict[str, Any]) -> list[str]:
             bad = [key for key, value in entries.items()
                    if not (isinstance(value, dict) and _is_positive_number(value.get("ms")))]
             if bad:
-                problems.append(f"entries.{bad[0]}.ms: must be a positive number of ms"
+                key = bad[0] if len(bad[0]) <= 80 else quote(bad[0], 80)
+                problems.append(f"entries.{key}.ms: must be a positive number of ms"
                                 + (f" ({len(bad)} entries are wrong)" if len(bad) > 1 else ""))
     if provenance in ("fitted", "imported") and not isinstance(data.get("model"), dict):
         problems.append(f"model: a {provenance} table needs a `model` object")
@@ -100,7 +107,7 @@ def table_problems(data: dict[str, Any]) -> list[str]:
                          if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                  and v >= 0)}
             if bad_scale:
-                problems.append(f"calibration.scale: factors must be numbers >= 0, got {bad_scale}")
+                problems.append(f"calibration.scale: factors must be numbers >= 0, got {quote(bad_scale)}")
     return problems
 
 
@@ -111,14 +118,16 @@ def read_table(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LatencyError(f"{path}: latency table not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LatencyError(f"{path}: corrupt or truncated latency table ({exc})") from None
+        raise LatencyError(f"{path}: corrupt or truncated latency table ({quote(str(exc))[1:-1]})") from None
+    except RecursionError:
+        raise LatencyError(f"{path}: corrupt latency table (nested too deep)") from None
     except OSError as exc:
         raise LatencyError(f"{path}: cannot read the latency table ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise LatencyError(f"{path}: a latency table must be a JSON object")
     version = data.get("format_version")
     if version != TABLE_VERSION:
-        raise LatencyError(f"{path}: format_version: this nas reads version {TABLE_VERSION}, but got {version!r}")
+        raise LatencyError(f"{path}: format_version: this nas reads version {TABLE_VERSION}, but got {quote(version)}")
     problems = table_problems(data)
     if problems:
         raise LatencyError(f"{path}: " + "; ".join(problems))

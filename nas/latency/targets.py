@@ -9,15 +9,16 @@ must be cheap (microseconds). A prediction outside what a model knows is flagged
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from nas.blocks import BLOCK_KINDS, Block
 from nas.errors import LatencyError
-from nas.latency.tables import read_table, table_path, tables_dir
+from nas.latency.tables import quote, read_table, table_path, tables_dir
 
 OUT_OF_RANGE = "out_of_range"  # some block lies outside the range a fitted model was fitted on
 ESTIMATED = "estimated"  # an imported table had no entry for some block: the fallback fit predicted it
@@ -74,6 +75,32 @@ class LatencyModel(ABC):
         """The few validation figures worth a line in `nas targets` (empty when not validated)."""
         return {}
 
+    def _section(self, parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+        """`parent[key]` as an object ({} when absent or null); anything else names the file and field."""
+        value = parent.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise LatencyError(f"{self.path}: {where}: must be an object or null, got {quote(value)}")
+        return value
+
+    def _figures(self, section: dict[str, Any], where: str, required: Sequence[str],
+                 optional: Sequence[str] = ()) -> dict[str, float]:
+        """The named figures of a validation `section` (at `where` in the table), each a finite number >= 0."""
+        out = {}
+        for key in (*required, *optional):
+            if key not in section or (key in optional and section[key] is None):
+                if key in required:
+                    raise LatencyError(f"{self.path}: {where}.{key}: missing (the table's validation figures are "
+                                       "incomplete)")
+                continue
+            value, signed = section[key], key == "drift_pct"  # the machine's drift may be either way
+            if not (_is_number(value) and (signed or value >= 0)):
+                rule = "a finite number" if signed else "a finite number >= 0"
+                raise LatencyError(f"{self.path}: {where}.{key}: must be {rule}, got {quote(value)}")
+            out[key] = value
+        return out
+
     def summary(self) -> dict[str, Any]:
         keys = ("target", "device", "cpu", "runtime", "runtime_version", "threads", "clock", "date", "method",
                 "provenance", "source")
@@ -83,6 +110,10 @@ class LatencyModel(ABC):
         info["headline"] = self.headline()
         info["validation"] = self.table.get("validation")
         return info
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _MODEL_KINDS: dict[str, type[LatencyModel]] = {}
@@ -150,13 +181,16 @@ class MeasuredTableModel(LatencyModel):
                            f"{len(blocks)} blocks (e.g. {missing[0].key()}); {how}")
 
     def headline(self) -> dict[str, Any]:
-        validation = self.table.get("validation") or {}
+        validation = self._section(self.table, "validation", "validation")
         if "within_10pct" not in validation:
             return {}
-        adjusted = validation.get("drift_adjusted") or {}
-        return {"networks": validation["n"], "within_10pct": validation["within_10pct"],
-                "within_5pct": validation["within_5pct"], "mean_abs_pct_err": validation["mean_abs_pct_err"],
-                "max_abs_pct_err": validation["max_abs_pct_err"], "drift_pct": validation.get("drift_pct"),
+        figures = self._figures(validation, "validation", ("n", "within_10pct", "within_5pct", "mean_abs_pct_err",
+                                                           "max_abs_pct_err"), optional=("drift_pct",))
+        adjusted = self._figures(self._section(validation, "drift_adjusted", "validation.drift_adjusted"),
+                                 "validation.drift_adjusted", ("within_10pct",) if "drift_pct" in figures else ())
+        return {"networks": figures["n"], "within_10pct": figures["within_10pct"],
+                "within_5pct": figures["within_5pct"], "mean_abs_pct_err": figures["mean_abs_pct_err"],
+                "max_abs_pct_err": figures["max_abs_pct_err"], "drift_pct": figures.get("drift_pct"),
                 "drift_adjusted_within_10pct": adjusted.get("within_10pct"), "validated": validation.get("date"),
                 "protocol": str(validation.get("protocol", "")).split(":")[0]}
 
@@ -184,9 +218,85 @@ def load_target(name: str, directory: Path | None = None) -> LatencyModel:
     return kind(name, table, path)
 
 
+def fitted_problems(data: Any) -> list[str]:
+    """Every field of a fitted model (the `model` of a fitted or imported table) that is missing, of the wrong
+    type, not finite, or of a length its predictions cannot use, as `model.kinds.KIND.FIELD: rule, got value`.
+    A model that passes predicts without raising (no NaN, no negative cost weights, no division by zero)."""
+    from nas.latency.fitted import FEATURE_NAMES, SHAPE_TERMS, KindModel, _poly
+
+    rules: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "str": (lambda v: isinstance(v, str), "a string"),
+        "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+        "float": (_is_number, "a finite number"),
+        "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+        "list[float]": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of finite numbers"),
+        "dict[str, int]": (lambda v: isinstance(v, dict) and all(isinstance(x, int) for x in v.values()),
+                           "an object of integers"),
+    }
+    if not isinstance(data, dict):
+        return [f"model: must be an object, got {quote(data)}"]
+    kinds = data.get("kinds")
+    if not isinstance(kinds, dict) or not kinds:
+        return [f"model.kinds: must be a non-empty object (block kind -> coefficients), got {quote(kinds)}"]
+    problems = []
+    block_fields = {f.name for f in fields(Block)}
+    for kind, raw in kinds.items():
+        where = f"model.kinds.{quote(kind) if len(str(kind)) > 40 else kind}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be an object, got {quote(raw)}")
+            continue
+        wrong = []
+        for f in fields(KindModel):
+            if f.name not in raw:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    wrong.append(f"{where}.{f.name}: missing")
+                continue
+            value = raw[f.name]
+            check, rule = rules.get(str(f.type), (lambda v: True, ""))
+            if str(f.type) == "list[float]" and isinstance(value, list) and not check(value):
+                i = next(i for i, x in enumerate(value) if not _is_number(x))
+                wrong.append(f"{where}.{f.name}[{i}]: must be a finite number, got {quote(value[i])}")
+            elif not check(value):
+                wrong.append(f"{where}.{f.name}: must be {rule}, got {quote(value)}")
+        problems += wrong
+        if wrong or kind not in FEATURE_NAMES:
+            continue  # an unknown kind is named by FittedLatencyModel.from_dict
+        lengths = {"weights": len(FEATURE_NAMES[kind]), "feature_min": len(FEATURE_NAMES[kind]) - 1,
+                   "feature_max": len(FEATURE_NAMES[kind]) - 1}
+        if raw["degree"] > 2:
+            problems.append(f"{where}.degree: must be 0, 1 or 2, got {raw['degree']}")
+            continue
+        if raw["degree"] > 0:
+            cont, binary = SHAPE_TERMS[kind]
+            terms = len(_poly([0.0] * len(cont), [0.0] * len(binary), raw["degree"]))
+            lengths.update(corr_coef=terms, corr_center=terms, corr_scale=terms, z_min=len(cont), z_max=len(cont))
+            if any(s == 0 for s in raw.get("corr_scale", [])):
+                problems.append(f"{where}.corr_scale: must not hold 0 (it divides)")
+            if raw.get("log_corr_min", 0.0) > raw.get("log_corr_max", 0.0):
+                problems.append(f"{where}.log_corr_min: must be <= log_corr_max")
+        problems += [f"{where}.{name}: must hold {n} numbers, got {len(raw.get(name, []))}"
+                     for name, n in lengths.items() if len(raw.get(name, [])) != n]
+        negative = [i for i, w in enumerate(raw["weights"]) if w < 0]
+        if negative:
+            problems.append(f"{where}.weights[{negative[0]}]: must be >= 0 (a latency is a non-negative sum of "
+                            f"costs), got {raw['weights'][negative[0]]}")
+        low, high = raw.get("field_min", {}), raw.get("field_max", {})
+        if set(low) != set(high) or not set(low) <= block_fields:
+            problems.append(f"{where}.field_min/field_max: must name the same block fields (of "
+                            f"{', '.join(sorted(block_fields - {'kind'}))}), got {quote(sorted(low))} and "
+                            f"{quote(sorted(high))}")
+        elif any(low[name] > high[name] for name in low):
+            problems.append(f"{where}.field_min: must be <= field_max")
+    return problems
+
+
 def _fitted_model(path: Path, data: Any) -> Any:
     from nas.latency.fitted import FittedLatencyModel
 
+    problems = fitted_problems(data)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise LatencyError(f"{path}: " + "; ".join(problems[:3]) + more)
     try:
         return FittedLatencyModel.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -212,16 +322,21 @@ class FittedTableModel(LatencyModel):
         return found
 
     def headline(self) -> dict[str, Any]:
-        validation = self.table.get("validation") or {}
-        heldout = (validation.get("heldout") or {}).get("overall", {})
-        networks = (validation.get("network_check") or {}).get("full_fit", {})
+        validation = self._section(self.table, "validation", "validation")
+        where = "validation.heldout"
+        heldout = self._section(self._section(validation, "heldout", where), "overall", f"{where}.overall")
+        where = "validation.network_check"
+        networks = self._section(self._section(validation, "network_check", where), "full_fit", f"{where}.full_fit")
         out: dict[str, Any] = {}
+        names = ("n", "within_10pct", "mean_abs_pct_err")
         if "within_10pct" in heldout:
-            out.update(heldout_blocks=heldout["n"], heldout_within_10pct=heldout["within_10pct"],
-                       heldout_mean_abs_pct_err=heldout["mean_abs_pct_err"])
+            f = self._figures(heldout, "validation.heldout.overall", names)
+            out.update(heldout_blocks=f["n"], heldout_within_10pct=f["within_10pct"],
+                       heldout_mean_abs_pct_err=f["mean_abs_pct_err"])
         if "within_10pct" in networks:
-            out.update(networks=networks["n"], network_within_10pct=networks["within_10pct"],
-                       network_mean_abs_pct_err=networks["mean_abs_pct_err"])
+            f = self._figures(networks, "validation.network_check.full_fit", names)
+            out.update(networks=f["n"], network_within_10pct=f["within_10pct"],
+                       network_mean_abs_pct_err=f["mean_abs_pct_err"])
         return out
 
 
@@ -267,10 +382,12 @@ class ImportedTableModel(LatencyModel):
         return Prediction(total, OUT_OF_RANGE if OUT_OF_RANGE in flags else ESTIMATED if ESTIMATED in flags else "")
 
     def headline(self) -> dict[str, Any]:
-        validation = self.table.get("validation") or {}
-        heldout = (validation.get("heldout") or {}).get("overall", {})
+        validation = self._section(self.table, "validation", "validation")
+        where = "validation.heldout"
+        heldout = self._section(self._section(validation, "heldout", where), "overall", f"{where}.overall")
         out: dict[str, Any] = {"exact_entries": len(self.entries)}
         if "within_10pct" in heldout:
-            out.update(fallback_heldout_blocks=heldout["n"], fallback_heldout_within_10pct=heldout["within_10pct"],
-                       fallback_heldout_mean_abs_pct_err=heldout["mean_abs_pct_err"])
+            f = self._figures(heldout, "validation.heldout.overall", ("n", "within_10pct", "mean_abs_pct_err"))
+            out.update(fallback_heldout_blocks=f["n"], fallback_heldout_within_10pct=f["within_10pct"],
+                       fallback_heldout_mean_abs_pct_err=f["mean_abs_pct_err"])
         return out
