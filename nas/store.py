@@ -296,7 +296,8 @@ def _check_id(value: Any, what: str) -> int:
         raise StoreError(f"{what} must be an integer id, but got {shown}")
     number = int(value)
     if not 1 <= number <= _MAX_ID:
-        shown = str(number) if number.bit_length() < 256 else f"a number of about {number.bit_length() * 3 // 10 + 1} digits"
+        digits = int(number.bit_length() * 0.30103) + 1
+        shown = str(number) if digits < 80 else f"a number of about {digits} digits"
         raise StoreError(f"{what} must be an id from 1 to {_MAX_ID} (2^63-1), but got {shown}")
     return number
 

@@ -8,9 +8,11 @@ alpha-divergence. Teachers run first, whatever their place in the step.
 
 A checkpoint is written after every epoch into `<run_dir>/checkpoints/` (weights, optimiser, schedule, the
 sampler's state, the RNG states and the diagnostics so far), so `resume=True` continues a run exactly where its
-last epoch ended. Per-epoch figures (mean cross-entropy, mean MFLOPs of the trained subnets, throughput, and
-with `train.grad_cosine` the mean cosine similarity of consecutive steps' gradients) go to
-`<run_dir>/metrics.json`.
+last epoch ended. Checkpoints are written atomically (`nas.files.write_atomic`: a crash leaves the previous one
+intact) and hold tensors and plain data only; they are loaded with `weights_only=True`, so a crafted file cannot
+run code, and a damaged one is a one-line `NASError`. Per-epoch figures (mean cross-entropy, mean MFLOPs of the
+trained subnets, throughput, and with `train.grad_cosine` the mean cosine similarity of consecutive steps'
+gradients) go to `<run_dir>/metrics.json`.
 """
 
 from __future__ import annotations

@@ -428,13 +428,13 @@ def test_ids_that_cannot_fit_a_bigint_are_one_line(store):
         "pareto": lambda i: store.pareto(i, "host"),
         "add_metrics": lambda i: store.add_metrics(i, [Metric("params", 1)]),
     }
-    for what, call in calls.items():
+    for call in calls.values():
         for bad in (2**63, 10**20, 0, -1):
             with pytest.raises(StoreError, match=r"_id must be an id from 1 to 9223372036854775807 \(2\^63-1\), "
                                                  rf"but got {bad}$") as err:
                 call(bad)
             _one_line(str(err.value))
-        with pytest.raises(StoreError, match=r"but got a number of about 9\d{4} digits$"):
+        with pytest.raises(StoreError, match=r"but got a number of about 100001 digits$"):
             call(10**100_000)
         with pytest.raises(StoreError, match=r"does not exist in "):  # the largest id fits: it just is not there
             call(2**63 - 1)
@@ -482,10 +482,8 @@ def test_redacted_malformed_url_keeps_what_is_not_secret():
 @pytest.mark.parametrize(("command", "value"), [("show", "100000000000000000000"), ("pareto", "0"),
                                                  ("export", "-5"), ("show", "abc")])
 def test_cli_ids_that_cannot_exist_are_one_line(workspace, command, value):
-    args = [command, "--", value] + (["--target", "host"] if command == "pareto" else [])
-    if command == "pareto":
-        args = [command, "--target", "host", "--", value]
-    proc = workspace.run(*args, check=False)
+    options = ["--target", "host"] if command == "pareto" else []
+    proc = workspace.run(command, *options, "--", value, check=False)
     name = "job_id" if command == "pareto" else "candidate_id"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [f"error: {name}: must be an integer id from 1 to 9223372036854775807 "
