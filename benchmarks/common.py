@@ -41,7 +41,6 @@ def workspace_env(path: Path) -> dict[str, str]:
         "NAS_LATENCY_TABLES": str(tables),
         "NAS_STORE": f"sqlite:///{path / 'nas.db'}",
         "NAS_RUNS": str(path / "runs"),
-        "RAY_AUTH_MODE": "disabled",
     })
     return env
 
