@@ -19,10 +19,8 @@ import click
 
 from nas.errors import NASError
 
-#: A job id: what fits the store's integer keys.
-JOB_ID = click.IntRange(min=1, max=2**63 - 1)
 STORE_HELP = "SQLAlchemy URL of the store (default: $NAS_STORE or sqlite:///nas.db in this folder)."
-MAX_ID = 2**63 - 1  # job and candidate ids are SQL BIGINTs
+MAX_ID = 2**31 - 1  # job and candidate ids are SQL INTEGERs (4 bytes on PostgreSQL)
 
 
 class _BadId(click.ClickException):
@@ -35,7 +33,7 @@ class _BadId(click.ClickException):
 
 
 class _Id(click.ParamType):
-    """A job or candidate id: an integer from 1 to 2^63-1 (refused before the store is opened)."""
+    """A job or candidate id: an integer from 1 to 2^31-1 (refused before the store is opened)."""
 
     name = "id"
 
@@ -47,7 +45,7 @@ class _Id(click.ParamType):
         if number is None or not 1 <= number <= MAX_ID:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             name = param.name if param is not None and param.name else "id"
-            raise _BadId(f"{name}: must be an integer id from 1 to {MAX_ID} (2^63-1), but got {shown}")
+            raise _BadId(f"{name}: must be an integer id from 1 to {MAX_ID} (2^31-1), but got {shown}")
         return number
 
 
@@ -214,7 +212,7 @@ def search(spec_path: Path, targets: tuple[str, ...], store_url: str | None, eng
 
 
 @main.command()
-@click.argument("job_id", type=JOB_ID)
+@click.argument("job_id", type=ID)
 @click.option("--store", "store_url", help=STORE_HELP)
 @click.option("--workers", type=click.IntRange(min=1), help="Concurrent Ray trials (default search.workers).")
 @click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one.")

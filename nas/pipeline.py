@@ -141,8 +141,10 @@ def _with_overrides(spec: Spec, engine: str | None, candidates: int | None) -> S
     updates = {k: v for k, v in (("engine", engine), ("candidates", candidates)) if v is not None}
     if not updates:
         return spec
-    return parse_spec(spec.model_copy(update={"search": spec.search.model_copy(update=updates)}).to_dict(),
-                      "command line (--engine/--candidates)")
+    where = "command line (--engine/--candidates)"
+    spec = parse_spec(spec.model_copy(update={"search": spec.search.model_copy(update=updates)}).to_dict(), where)
+    check_size(spec, SearchSpace(spec.space, 1, 2, spec.deploy.resolution).count(), where)
+    return spec
 
 
 def search_job(spec_path: str | Path, targets: Sequence[str], store: Store, log: Log, engine: str | None = None,

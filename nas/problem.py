@@ -55,6 +55,9 @@ class Problem:
         out = []
         for metric, target, low, high in self.constraints:
             value = result.value(metric, target)
+            if math.isnan(value):  # an unmeasurable value meets no bound
+                out.append(math.inf)
+                continue
             worst = -math.inf
             if high is not None:
                 worst = max(worst, value - high)

@@ -85,7 +85,7 @@ def _trainable(config: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
         "accuracy": result.accuracy,
         "params": result.params,
         "flops": result.flops,
-        "latency_flags": dict(result.latency_flags),
+        "latency_flags": json.dumps(result.latency_flags),  # a string: Tune flattens nested dicts in results
     }
     for target, ms in result.latency_ms.items():
         out[f"latency_ms/{target}"] = ms
@@ -100,7 +100,7 @@ def _candidate_from(result: dict[str, Any], targets: Sequence[str]) -> Candidate
         params=int(result["params"]),
         flops=int(result["flops"]),
         latency_ms={t: float(result[f"latency_ms/{t}"]) for t in targets},
-        latency_flags=dict(result.get("latency_flags") or {}),
+        latency_flags=json.loads(result.get("latency_flags") or "{}"),
     )
 
 

@@ -1,8 +1,14 @@
 """The declarative search spec: a versioned YAML schema that validates itself and round-trips.
 
-`load_spec(path)` reads YAML with `yaml.safe_load`, validates it with pydantic models that forbid unknown
+`load_spec(path)` reads YAML with PyYAML's safe loader, validates it with pydantic models that forbid unknown
 keys, and raises one `SpecError` whose message holds one line per broken rule, each naming the file, the
 field path and the rule (`space.yaml: space.stages[2].depth: max (2) must be >= min (4)`).
+
+Input is bounded: a spec file is at most MAX_SPEC_BYTES of UTF-8 text with at most MAX_YAML_NODES values once
+its YAML aliases are expanded; every number has an upper bound (the MAX_* constants below: depth <= 64,
+resolution <= 4096, channels <= 16384, ratios <= 64, epochs <= 100000, candidates <= 1000000, workers <= 1024,
+seeds in 0..2^32-1, ...); every float is finite; an error quotes at most about MAX_QUOTE characters of a value
+and a spec reports at most MAX_ERROR_LINES errors.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ MAX_ERROR_LINES = 20  # error lines of one spec before "... and N more"
 
 
 def _upto(high: int, low: int = 1) -> Any:
-    """An int in low..high."""
-    return Annotated[int, Field(ge=low, le=high)]
+    """An int in low..high (a positive one says "greater than 0", as `PositiveInt` does)."""
+    return Annotated[int, Field(gt=0, le=high) if low == 1 else Field(ge=low, le=high)]
 
 
 PositiveInt = Annotated[int, Field(gt=0)]

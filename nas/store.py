@@ -231,7 +231,7 @@ class _Artifact(_Base):
 
 
 _MAX_SHOWN = 200  # characters of a user's URL or value quoted in an error message
-_MAX_ID = 2**63 - 1  # ids are SQL BIGINTs
+_MAX_ID = 2**31 - 1  # ids are SQL INTEGERs (4 bytes on PostgreSQL)
 
 
 def _redact(url: str | URL) -> str:
@@ -289,7 +289,7 @@ def _check_str(value: Any, what: str, *, allow_empty: bool = False) -> str:
 
 
 def _check_id(value: Any, what: str) -> int:
-    """An id that fits the store's BIGINT ids: 1..2^63-1 (anything else cannot exist, and overflows SQL)."""
+    """An id that fits the store's INTEGER ids: 1..2^31-1 (anything else cannot exist, and overflows SQL)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         shown = repr(value)
         shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
@@ -298,7 +298,7 @@ def _check_id(value: Any, what: str) -> int:
     if not 1 <= number <= _MAX_ID:
         digits = int(number.bit_length() * 0.30103) + 1
         shown = str(number) if digits < 80 else f"a number of about {digits} digits"
-        raise StoreError(f"{what} must be an id from 1 to {_MAX_ID} (2^63-1), but got {shown}")
+        raise StoreError(f"{what} must be an id from 1 to {_MAX_ID} (2^31-1), but got {shown}")
     return number
 
 

@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = Path(__file__).resolve().parent / "specs" / "tiny.yaml"
@@ -69,3 +72,37 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]
     result = ws.run_json("search", str(TINY_SPEC), "--target", "host", "--no-progress")
     assert isinstance(result, dict)
     return ws, result
+
+
+# ---- store backends: SQLite always, PostgreSQL when NAS_TEST_POSTGRES_URL is set (scripts/test.sh starts one)
+PG_ENV = "NAS_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(
+            f"{PG_ENV} is not set; start a server with "
+            f"`export {PG_ENV}=$(bash scripts/start_postgres.sh | tail -1)`"
+        )
+    engine = create_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nas.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin")
+    schema = f"nas_t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(os.environ[PG_ENV]).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')

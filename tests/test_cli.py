@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SPEC
 
 from nas.data import load
 from nas.pipeline import load_export
@@ -137,3 +138,17 @@ def test_bad_inputs_exit_2_with_one_line(workspace, tiny_spec_path: Path) -> Non
     assert "job 999" in _one_error_line(ws.run("pareto", "999", "--target", "host", check=False))
     assert "candidate 999" in _one_error_line(ws.run("show", "999", check=False))
     assert "candidate 999" in _one_error_line(ws.run("export", "999", check=False))
+
+
+def test_same_seed_same_candidates_with_one_or_two_workers(searched) -> None:
+    """The searched job ran with 2 workers; the same spec and seed with 1 worker proposes the same archs."""
+    ws, result = searched
+    again = ws.run_json("search", str(TINY_SPEC), "--target", "host", "--workers", "1",
+                        "--no-progress", "--no-export")
+    assert isinstance(again, dict)
+    with sqlite3.connect(ws.path / "nas.db") as db:
+        def archs(job_id: int) -> set[str]:
+            return {h for (h,) in db.execute("SELECT arch_hash FROM candidates WHERE job_id = ?", (job_id,))}
+
+        first, second = archs(result["job_id"]), archs(again["job_id"])
+    assert len(first) == 12 and first == second

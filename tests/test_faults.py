@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import ROOT, TINY_SPEC, Workspace, make_workspace
+from conftest import ROOT, TINY_SPEC, Workspace, make_workspace
 
 BUDGET = 40
 

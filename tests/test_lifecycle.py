@@ -19,8 +19,8 @@ from nas.store import Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    with Store(f"sqlite:///{tmp_path / 'nas.db'}") as s:
+def store(store_url: str) -> Store:
+    with Store(store_url) as s:
         yield s
 
 

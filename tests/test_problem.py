@@ -81,3 +81,14 @@ def test_latency_objectives_and_constraints_expand_over_every_target() -> None:
     assert problem.violations(fast_here_only) == [-10.0, 10.0, -900.0]
     assert not problem.feasible(fast_here_only)
     assert problem.feasible(_result(params=1000, host=30.0, pixel6=40.0))
+
+
+def test_a_nan_metric_meets_no_bound() -> None:
+    """max(-inf, nan) is -inf in Python: a NaN must not slip through as feasible."""
+    from nas.problem import CandidateResult, Problem
+    from nas.space import ArchConfig
+
+    problem = Problem(objectives=(("accuracy", "", True),), constraints=(("latency", "host", None, 5.0),))
+    arch = ArchConfig(8, 8, (), 8)
+    result = CandidateResult(arch=arch, accuracy=0.5, params=1, flops=1, latency_ms={"host": float("nan")})
+    assert problem.violations(result) == [float("inf")] and not problem.feasible(result)
