@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from nas.engines import ENGINES
 from nas.errors import NASError
 
 STORE_HELP = "SQLAlchemy URL of the store (default: $NAS_STORE or sqlite:///nas.db in this folder)."
@@ -150,6 +151,20 @@ def train(spec_path: Path, store_url: str | None, resume: bool, retrain: bool, n
     click.echo(checkpoint)
 
 
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every command that runs a search (`search`, `resume`)."""
+    for option in reversed([
+        click.option("--workers", type=click.IntRange(min=1), help="Concurrent Ray trials (default search.workers)."),
+        click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one."),
+        click.option("--no-export", is_flag=True, help="Do not export the Pareto front into the job's run directory."),
+        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="End with one JSON object: job_id and the Pareto records."),
+    ]):
+        command = option(command)
+    return command
+
+
 class _Stopped(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that a job ends `interrupted` either way."""
 
@@ -187,13 +202,9 @@ def _interruptible_job(store: Any, what: str) -> Iterator[None]:
 @click.option("--target", "targets", multiple=True, required=True,
               help="Latency target (repeatable), e.g. host or pixel6; see `nas targets`.")
 @click.option("--store", "store_url", help=STORE_HELP)
-@click.option("--engine", type=click.Choice(["nsga2", "random", "tpe"]), help="Override search.engine.")
+@click.option("--engine", type=click.Choice(sorted(ENGINES)), help="Override search.engine.")
 @click.option("--candidates", type=click.IntRange(min=1), help="Override search.candidates.")
-@click.option("--workers", type=click.IntRange(min=1), help="Concurrent Ray trials (default search.workers).")
-@click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one.")
-@click.option("--no-export", is_flag=True, help="Do not export the Pareto front into the job's run directory.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="End with one JSON object: job_id and the Pareto records.")
+@_run_options
 @user_errors
 def search(spec_path: Path, targets: tuple[str, ...], store_url: str | None, engine: str | None,
            candidates: int | None, workers: int | None, ray_address: str | None, no_export: bool,
@@ -214,11 +225,7 @@ def search(spec_path: Path, targets: tuple[str, ...], store_url: str | None, eng
 @main.command()
 @click.argument("job_id", type=ID)
 @click.option("--store", "store_url", help=STORE_HELP)
-@click.option("--workers", type=click.IntRange(min=1), help="Concurrent Ray trials (default search.workers).")
-@click.option("--ray-address", help="Join an existing Ray cluster instead of starting a local one.")
-@click.option("--no-export", is_flag=True, help="Do not export the Pareto front into the job's run directory.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="End with one JSON object: job_id and the Pareto records.")
+@_run_options
 @user_errors
 def resume(job_id: int, store_url: str | None, workers: int | None, ray_address: str | None, no_export: bool,
            no_progress: bool, as_json: bool) -> None:
