@@ -126,13 +126,49 @@ def validate(spec_path: Path, as_json: bool) -> None:
         if stage.type == "conv":
             extra = f"expand {stage.expand} kernel {stage.kernel}{' se' if stage.se else ''}"
         else:
-            extra = f"head_dim {stage.head_dim} mlp_ratio {stage.mlp_ratio} v_scale {stage.v_scale}"
+            options = [name for name in ("downsample_se", "v_dwconv", "rel_pos_bias", "proj_act")
+                       if getattr(stage, name)] + ([] if stage.qkv_bias else ["no qkv_bias"])
+            extra = (f"head_dim {stage.head_dim} mlp_ratio {stage.mlp_ratio} v_scale {stage.v_scale}"
+                     + "".join(f" {name}" for name in options))
+        if stage.shortcut != "none":
+            extra += f" shortcut {stage.shortcut}"
         click.echo(f"  stage {i}: {stage.type:<11} depth {stage.depth.min}-{stage.depth.max} "
                    f"channels {stage.channels} stride {stage.stride} {extra}")
-    click.echo(f"  head {space.head.channels}; deploy resolution {spec.deploy.resolution or 'as trained'}")
+    head = space.head
+    width = f"channels {head.channels}" if head.channels is not None else f"expand {head.expand} x last width"
+    final = f", final {head.final_channels}" if head.final_channels else ""
+    click.echo(f"  head {width}{final}; deploy resolution {spec.deploy.resolution or 'as trained'}")
     click.echo(f"  data {spec.data.dataset} (val {spec.data.val_fraction}); train {spec.train.epochs} epochs, "
                f"{spec.train.sampler}; search {spec.search.engine}, {spec.search.candidates} candidates")
     click.echo(f"  architectures in the space: {count:,}")
+    if spec.presets:
+        click.echo(f"  presets (members of the space): {', '.join(spec.presets)}")
+
+
+@main.command("arch")
+@click.argument("spec_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--preset", help="Name of one of the spec's `presets:` (e.g. S1 in search_spaces/elasticvit.yaml).")
+@click.option("--arch", "arch_json", metavar="JSON|FILE",
+              help="An arch as JSON (ArchConfig.to_dict(), e.g. an export's arch.json), inline or in a file.")
+@click.option("--target", "targets", multiple=True, help="Latency target to price it on (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: params, flops, latency_ms, flags.")
+@user_errors
+def arch(spec_path: Path, preset: str | None, arch_json: str | None, targets: tuple[str, ...], as_json: bool) -> None:
+    """Price one arch of a space without searching: parameters, multiply-accumulates (`flops`, at the arch's
+    resolution) and per target the latency (at the deploy resolution) with its flag (`out_of_range` when some
+    block lies outside what the target's model knows). The arch must be a member of the space. Input channels
+    and classes come from the spec's data.channels / data.classes, else from loading the data."""
+    from nas.pricing import price_arch
+
+    result = price_arch(spec_path, targets, preset=preset, arch=arch_json)
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"{result['preset'] or 'arch'} {result['arch_hash']}: {result['params']:,} params, "
+               f"{result['flops'] / 1e6:.1f} M multiply-accumulates at {result['resolution']} px")
+    for target, ms in result["latency_ms"].items():
+        flag = result["flags"][target]
+        click.echo(f"  {target}: {ms:.3f} ms at {result['deploy_resolution']} px{f' ({flag})' if flag else ''}")
 
 
 @main.command()
@@ -253,10 +289,14 @@ def _print_front(job_id: int, front: list[Any], targets: list[str], as_json: boo
 
 def _print_records(records: list[dict[str, Any]], targets: list[str]) -> None:
     rows = []
+    tuned = any(r.get("finetuned_accuracy") is not None for r in records)
     for r in records:
         row = {"candidate": r["candidate_id"], "accuracy": _fmt(r["accuracy"]),
-               "test_acc": _fmt(r.get("test_accuracy")), "params": r["params"] and int(r["params"]),
-               "MFLOPs": _fmt(r["flops"] / 1e6, 2) if r["flops"] is not None else ""}
+               "test_acc": _fmt(r.get("test_accuracy"))}
+        if tuned:  # fine-tuned accuracies beside the inherited ones
+            row.update(ft_acc=_fmt(r.get("finetuned_accuracy")), ft_test_acc=_fmt(r.get("finetuned_test_accuracy")))
+        row.update(params=r["params"] and int(r["params"]),
+                   MFLOPs=_fmt(r["flops"] / 1e6, 2) if r["flops"] is not None else "")
         for t in targets:
             ms = r["latency_ms"].get(t)
             row[f"{t}_ms"] = _fmt(ms, 3) + ("*" if t in r.get("flags", {}) else "")
@@ -322,6 +362,10 @@ def show(candidate_id: int, store_url: str | None, as_json: bool) -> None:
         return
     for key in ("candidate_id", "job_id", "arch_hash", "accuracy", "test_accuracy", "params", "flops"):
         click.echo(f"{key:>14}: {_fmt(record.get(key))}")
+    if record.get("finetuned_accuracy") is not None:
+        epochs = next((m["value"] for m in record["metrics"] if m["name"] == "finetune_epochs"), None)
+        click.echo(f"{'finetuned':>14}: accuracy {_fmt(record['finetuned_accuracy'])}, test accuracy "
+                   f"{_fmt(record.get('finetuned_test_accuracy'))}" + (f" ({epochs:.0f} epochs)" if epochs else ""))
     for target, ms in record["latency_ms"].items():
         flag = record.get("flags", {}).get(target)
         click.echo(f"{'latency_ms':>14}: {target} {ms:.3f}{' (' + flag + ')' if flag else ''}")
@@ -345,7 +389,8 @@ def export(candidate_id: int, out_dir: Path | None, formats: tuple[str, ...], fo
            as_json: bool) -> None:
     """Write a standalone model of a candidate (module code, state dict, arch JSON, README, manifest).
 
-    A non-empty --out folder is refused unless --force."""
+    A fine-tuned candidate (`nas finetune`) is exported with its fine-tuned weights. A non-empty --out folder is
+    refused unless --force."""
     from nas.pipeline import export_candidate
 
     out_dir = out_dir or Path("exported") / f"c{candidate_id}"
@@ -355,8 +400,43 @@ def export(candidate_id: int, out_dir: Path | None, formats: tuple[str, ...], fo
         _echo_json(info)
     else:
         click.echo(f"wrote {', '.join(info['files'])} to {info['out']}")
-        click.echo(f"test accuracy of the exported model: {info['test_accuracy']:.4f} "
-                   f"(stored: {_fmt(info['stored_test_accuracy'])})")
+        tuned = info.get("weights") == "finetuned"
+        click.echo(f"test accuracy of the exported model{' (fine-tuned weights)' if tuned else ''}: "
+                   f"{info['test_accuracy']:.4f} (stored: {_fmt(info['stored_test_accuracy'])})")
+
+
+@main.command()
+@click.argument("candidate_id", type=ID)
+@click.option("--epochs", type=click.IntRange(1, 100_000),
+              help="Epochs of fine-tuning (default: the job's search.finetune.epochs, else 2).")
+@click.option("--lr", type=click.FloatRange(0.0, 10.0, min_open=True),
+              help="Peak learning rate of the one-cycle schedule (default: search.finetune.lr, else train's lr).")
+@click.option("--label-smoothing", type=click.FloatRange(0.0, 0.5),
+              help="Label smoothing (default: search.finetune.label_smoothing, else 0.1).")
+@click.option("--distill", type=click.FloatRange(0.0, 1.0),
+              help="Weight of distillation from the supernet's largest subnet (default: search.finetune.distill, "
+                   "else 0).")
+@click.option("--store", "store_url", help=STORE_HELP)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@user_errors
+def finetune(candidate_id: int, epochs: int | None, lr: float | None, label_smoothing: float | None,
+             distill: float | None, store_url: str | None, no_progress: bool, as_json: bool) -> None:
+    """Fine-tune a stored candidate's subnet alone, starting from its inherited weights (AdamW, one-cycle, label
+    smoothing, the job's train.augment). Stores `finetuned_accuracy` (validation) and `finetuned_test_accuracy`
+    beside the inherited accuracies, and the weights in the job's run directory; `nas export` then uses them."""
+    from nas.pipeline import finetune_stored
+
+    with _store(store_url) as store:
+        result = finetune_stored(store, candidate_id, _log, epochs=epochs, lr=lr, label_smoothing=label_smoothing,
+                                 distill=distill, progress=not no_progress)
+    if as_json:
+        _echo_json(result.to_json())
+    else:
+        click.echo(f"candidate {candidate_id}: fine-tuned {result.epochs} epoch(s) in {result.seconds:.0f} s")
+        click.echo(f"  validation accuracy {_fmt(result.inherited_accuracy)} -> {result.val_accuracy:.4f}, "
+                   f"test accuracy {_fmt(result.inherited_test_accuracy)} -> {result.test_accuracy:.4f}")
+        click.echo(f"  weights: {result.weights}")
 
 
 @main.group()

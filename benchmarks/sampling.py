@@ -23,13 +23,22 @@ supernet is timed against the same step on the extracted static model, interleav
 Training runs in worker processes with one intra-op thread each: with two threads per process, any other load
 on a 2-core machine makes OpenMP threads spin-wait on each other (measured here: BatchNorm 100x slower).
 
-Last line: one JSON object with overhead_ratio, panel_accuracy, grad_cosine, hypervolume, scratch_gap and the
-machine.
+Before training, `sampler_stats` (seconds, no training; `--stats-only` runs just these): each sampler of
+`STATS_SAMPLERS` is stepped on `search_spaces/quickstart.yaml` with a synthetic loss, and reports `in_band`
+(fraction of random slots inside their band; for uniform and sandwich, inside any band of the paper-default
+bands), `max_transition` (largest band jump between consecutive steps; uniform/sandwich: of the reference band
+nearest each step's first random slot), `step_spread_p50` (median over steps of max/min FLOPs within a step,
+`min` and `max` slots included), `bank_oracle_top10` (with a synthetic loss that ignores FLOPs, the fraction of
+the final banks' entries that are in their band's oracle top 10%; None without a bank) and `mean_mflops`.
+
+Last line: one JSON object with overhead_ratio, panel_accuracy, grad_cosine, hypervolume, scratch_gap,
+sampler_stats and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import random
@@ -57,7 +66,7 @@ from nas.train import load_supernet, make_optimizer, make_schedule, train_supern
 
 SPACE = ROOT / "benchmarks" / "spaces" / "sampling.yaml"
 BUCKETS = {"name": "complexity_aware", "buckets": 8, "max_bucket_step": 1,
-           "step": ["random", "random", "random", "min"]}
+           "step": ["random", "random", "random", "min"], "performance": False}
 SAMPLERS: dict[str, dict[str, Any]] = {
     "uniform": {"sampler": {"name": "uniform", "step": ["random", "random", "random", "min"]},
                 "distill": {"teacher": "random_mean"}},
@@ -74,6 +83,21 @@ MODES = {
     "quick": {"limit": 4000, "epochs": 1, "warmup_steps": 5, "front_archs": 12, "overhead_repeats": 3},
 }
 HV_REFERENCE = (0.5, 1.0)  # (accuracy, FLOPs / FLOPs of the largest arch)
+
+STATS_SPACE = ROOT / "search_spaces" / "quickstart.yaml"
+STATS_STEP = ["random", "random", "random", "min"]
+STATS_SAMPLERS: dict[str, dict[str, Any]] = {
+    "uniform": {"name": "uniform", "step": STATS_STEP},
+    "sandwich": {"name": "sandwich", "step": ["max", "random", "random", "min"]},
+    # complexity_aware before issue 8: quantile buckets, the global smallest arch, banks of insertion-time
+    # losses never re-scored, the candidate nearest the band's best entry.
+    "complexity_aware_quantiles": {"name": "complexity_aware", "buckets": 8, "min_arch": "global", "step": STATS_STEP,
+                                   "performance": {"candidates": 3, "rescore_every": 0, "pick": "nearest"}},
+    # ElasticViT as the defaults now do it: 8 automatic bands with gaps, per-band smallest arch, re-scored banks,
+    # the width-over-depth pick among 5 candidates.
+    "complexity_aware_bands": {"name": "complexity_aware", "step": STATS_STEP},
+}
+STATS_MODES = {"full": {"steps": 2000, "oracle": 400}, "quick": {"steps": 300, "oracle": 100}}
 
 
 def bench_spec(mode: str, overrides: dict[str, Any] | None = None) -> Spec:
@@ -139,6 +163,92 @@ def measure_overhead(spec: Spec, space: SearchSpace, splits: Splits, archs: list
         rows.append({"mflops": round(space.flops(arch) / 1e6, 3), "supernet_images_per_s": round(batch / s, 1),
                      "static_images_per_s": round(batch / t, 1), "ratio": round(s / t, 3)})
     return {"overhead_ratio": round(super_total / static_total, 3), "per_arch": rows}
+
+
+# ---- sampler statistics: no training -----------------------------------------------------------------------
+def synthetic_quality(arch: ArchConfig, seed: int = 0) -> float:
+    """A loss that ignores FLOPs: the mean over the arch's active choices (resolution, stem, head, per stage
+    width and depth, per layer its choices) of a seeded uniform score per (dimension, value), so no choice is
+    better for being larger."""
+    keys = [("resolution", arch.resolution), ("stem", arch.stem), ("head", arch.head)]
+    for i, stage in enumerate(arch.stages):
+        keys += [(f"s{i}.channels", stage.channels), (f"s{i}.depth", stage.depth)]
+        keys += [(f"s{i}.l{j}.{name}", value) for j, layer in enumerate(stage.layers)
+                 for name, value in vars(layer).items()]
+    return statistics.fmean(_score(seed, name, value) for name, value in keys)
+
+
+@functools.cache
+def _score(seed: int, name: str, value: int) -> float:
+    return random.Random(f"{seed}:{name}:{value}").random()
+
+
+def _nearest_band(plan: Any, cost: float) -> int:
+    return min(range(plan.num_buckets), key=lambda b: max(plan.bounds[b][0] - cost, cost - plan.bounds[b][1], 0.0))
+
+
+def sampler_stats(mode: str, seed: int = 0) -> dict[str, Any]:
+    """The no-training statistics of every sampler of STATS_SAMPLERS (see the module docstring)."""
+    from nas.sampling import ComplexityAwareSampler, make_sampler, plan_buckets
+
+    steps, oracle_draws = STATS_MODES[mode]["steps"], STATS_MODES[mode]["oracle"]
+    spec = load_spec(STATS_SPACE)
+    space = SearchSpace.from_spec(spec, 1, 10)
+    reference = plan_buckets(space, parse_spec({**spec.to_dict(), "train": {"sampler": "complexity_aware"}},
+                                               str(STATS_SPACE)).train.sampler, spec.train.seed)
+    out: dict[str, Any] = {"space": str(STATS_SPACE.relative_to(ROOT)), "steps": steps,
+                           "reference_bands_mflops": [[round(v / 1e6, 3) for v in b] for b in reference.bounds]}
+    for name, options in STATS_SAMPLERS.items():
+        started = time.perf_counter()
+        raw = spec.to_dict()
+        raw["train"] = {**raw.get("train", {}), "sampler": options, "seed": seed}
+        raw["train"].pop("distill", None)
+        train = parse_spec(raw, str(STATS_SPACE)).train
+        sampler = make_sampler(space, train)
+        bucketed = isinstance(sampler, ComplexityAwareSampler)
+        plan = sampler.plan if bucketed else reference  # type: ignore[attr-defined]
+        rng, noise = random.Random(seed), random.Random(seed + 1)
+        in_band, slots, spreads, flops, previous, jump = 0, 0, [], [], None, 0
+        for step in range(steps):
+            if step % max(1, steps // 3) == 0:
+                sampler.on_epoch_start(step // max(1, steps // 3))
+            archs = sampler.step(rng)
+            costs = [float(space.flops(arch)) for arch in archs]
+            randoms = [c for c, slot in zip(costs, sampler.slots, strict=True) if slot == "random"]
+            if bucketed:
+                band = sampler.bucket  # type: ignore[attr-defined]
+                in_band += sum(plan.bucket_of(c) == band for c in randoms)
+            else:
+                band = _nearest_band(plan, randoms[0])
+                in_band += sum(plan.bucket_of(c) is not None for c in randoms)
+            slots += len(randoms)
+            jump = max(jump, abs(band - previous)) if previous is not None else jump
+            previous = band
+            spreads.append(max(costs) / min(costs))
+            flops += costs
+            if sampler.rescore_every and step % sampler.rescore_every == 0:
+                sampler.rescore(lambda arch, noise=noise: synthetic_quality(arch) + noise.gauss(0.0, 0.02))
+            for arch in archs:
+                sampler.observe(arch, synthetic_quality(arch) + noise.gauss(0.0, 0.02))
+        oracle = None
+        bank = getattr(sampler, "bank", None)
+        if bucketed and sampler.performance is not None and bank is not None:  # type: ignore[attr-defined]
+            hits = total = 0
+            draw_rng = random.Random(seed + 2)
+            for band, entries in enumerate(bank.entries):
+                population = {a for a in plan.pools[band]}
+                population |= {sampler._draw(draw_rng, band) for _ in range(oracle_draws)}  # type: ignore[attr-defined]
+                qualities = sorted(synthetic_quality(a) for a in population)
+                threshold = qualities[max(0, len(qualities) // 10 - 1)]
+                hits += sum(synthetic_quality(arch) <= threshold for arch, _ in entries)
+                total += len(entries)
+            oracle = round(hits / total, 3) if total else None
+        out[name] = {"in_band": round(in_band / slots, 4), "max_transition": jump,
+                     "step_spread_p50": round(statistics.median(spreads), 3), "bank_oracle_top10": oracle,
+                     "mean_mflops": round(statistics.mean(flops) / 1e6, 3),
+                     "seconds": round(time.perf_counter() - started, 1)}
+        print(f"  sampler stats {name}: {out[name]}", file=sys.stderr)
+    return out
 
 
 # ---- jobs run in worker processes ------------------------------------------------------------------------
@@ -250,10 +360,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller run (at most 3 minutes)")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
+    parser.add_argument("--stats-only", action="store_true", help="only the sampler statistics (seconds, no training)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     started = time.perf_counter()
     torch.set_num_threads(1)
+    stats = sampler_stats(mode)
+    if args.stats_only:
+        print(json.dumps({"benchmark": "sampling", "mode": mode, "sampler_stats": stats,
+                          "wall_s": round(time.perf_counter() - started, 1), "machine": machine()}))
+        return
     spec = bench_spec(mode)
     splits = load(spec.data)
     space = SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes)
@@ -274,6 +390,7 @@ def main() -> None:
                 results.append(result)
     summary = summarise(mode, results, overhead, [round(space.flops(a) / 1e6, 3) for a in panel],
                         len(splits.y_val), time.perf_counter() - started)
+    summary["sampler_stats"] = stats
     print_table(summary)
     print(json.dumps(summary))
 

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "export_manifest.json"
 MANIFEST_FORMAT = "nas-export"
 MANIFEST_VERSION = 1
-BASE_FILES = ("model.py", "network.json", "arch.json", "preprocess.json", "weights.pt", "README.md",
-              "candidate.json")
+BASE_FILES = ("model.py", *static_model.OP_FILES, "network.json", "arch.json", "preprocess.json", "weights.pt",
+              "README.md", "candidate.json")
 FORMAT_FILES = {"pytorch": (), "torchscript": ("model.torchscript.pt",), "onnx": ("model.onnx",)}
 
 EXPORT_README = """# Exported subnet {candidate_id} (job {job_id})
@@ -47,7 +47,7 @@ A standalone PyTorch model found by `nas`; it needs only `torch`.
 
 ```python
 import json, torch
-from model import build            # model.py in this folder
+from model import build            # model.py in this folder (it loads the ops_*.py beside it)
 net = build(json.load(open("network.json")))
 net.load_state_dict(torch.load("weights.pt", weights_only=True))
 net.eval()
@@ -56,6 +56,8 @@ net.eval()
 Inputs: float images N x {in_channels} x H x W, scaled to [0, 1] (pixels / 255) then normalised with
 `preprocess.json` (`(x - mean) / std` per channel); the network resizes them to {resolution} x {resolution}.
 Outputs: logits over {num_classes} classes.
+
+Weights: {weights}
 
 `{manifest}` lists the files this export wrote; `nas export --force` into this folder replaces only those.
 
@@ -172,19 +174,41 @@ def _staging(out: Path) -> Iterator[Path]:
 
 
 def write_export(record: CandidateRecord, ctx: Context, evaluator: Evaluator, out_dir: Path | str,
-                 formats: Sequence[str] = ("pytorch",), force: bool = False, owned: bool = False) -> dict[str, Any]:
+                 formats: Sequence[str] = ("pytorch",), force: bool = False, owned: bool = False,
+                 finetuned: Path | None = None) -> dict[str, Any]:
     """Write a standalone model for `record` into `out_dir`, under the rules of `plan_export`.
 
-    Returns the resolved folder, the files written and the previous export's files replaced or removed.
+    The weights are the candidate's fine-tuned ones when `finetuned` (their state dict, see `nas.finetune`)
+    is given, else those it inherits from the supernet; `candidate.json` and the README say which.
+    Returns the resolved folder, the files written, the previous export's files replaced or removed, and
+    `weights` (`finetuned` or `inherited`).
     """
     names = export_files(formats)
     plan_export(out_dir, formats, force, owned)  # refuse before the work
     arch = ArchConfig.from_dict(record.arch)
-    model = evaluator.subnet(arch).eval()
     network = ctx.space.describe(arch)
+    if finetuned is not None:
+        from nas.finetune import load_weights
+
+        model = static_model.build(network)
+        try:
+            model.load_state_dict(load_weights(finetuned))
+        except RuntimeError as exc:
+            raise NASError(f"{finetuned}: the fine-tuned weights do not fit candidate {record.candidate_id}'s "
+                           f"network ({str(exc).strip().splitlines()[0]}); fine-tune it again with "
+                           f"`nas finetune`") from None
+        model.eval()
+        epochs = record.metric("finetune_epochs")
+        weights = (f"fine-tuned for {epochs:.0f} epoch(s) after the search (`finetuned_accuracy`, "
+                   f"`finetuned_test_accuracy`), starting from the supernet's.")
+    else:
+        model = evaluator.subnet(arch).eval()
+        weights = "inherited from the trained supernet (BatchNorm statistics re-estimated), not fine-tuned."
     out = Path(out_dir).expanduser().resolve()
     with _staging(out) as tmp:
         shutil.copyfile(static_model.__file__, tmp / "model.py")
+        for name, source in static_model.op_files().items():  # the op modules model.py loads from beside it
+            shutil.copyfile(source, tmp / name)
         (tmp / "network.json").write_text(json.dumps(network, indent=1))
         (tmp / "arch.json").write_text(json.dumps(record.arch, indent=1))
         (tmp / "preprocess.json").write_text(json.dumps({"scale": 1 / 255, "mean": ctx.splits.mean,
@@ -197,11 +221,12 @@ def write_export(record: CandidateRecord, ctx: Context, evaluator: Evaluator, ou
             torch.onnx.export(model, (example,), str(tmp / "model.onnx"), dynamo=False, input_names=["images"],
                               output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        info = record.to_json()
+        info = {**record.to_json(), "weights": "finetuned" if finetuned is not None else "inherited"}
         rows = "\n".join(f"| {k} | {v} |" for k, v in info.items() if k not in ("arch", "flags", "arch_hash"))
         (tmp / "README.md").write_text(EXPORT_README.format(
             candidate_id=record.candidate_id, job_id=record.job_id, in_channels=ctx.space.in_channels,
-            resolution=arch.resolution, num_classes=ctx.space.num_classes, metrics=rows, manifest=MANIFEST_NAME))
+            resolution=arch.resolution, num_classes=ctx.space.num_classes, metrics=rows, manifest=MANIFEST_NAME,
+            weights=weights))
         (tmp / "candidate.json").write_text(json.dumps(info, indent=1, default=str))
         files = [{"name": name, "sha256": _sha256(tmp / name)} for name in names if name != MANIFEST_NAME]
         (tmp / MANIFEST_NAME).write_text(json.dumps({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
@@ -218,7 +243,8 @@ def write_export(record: CandidateRecord, ctx: Context, evaluator: Evaluator, ou
         for name in names:  # the manifest last: until it lands, the previous one still describes the folder
             os.replace(tmp / name, out / name)
         fsync_dir(out)
-    return {"out": str(out), "files": names, "replaced": sorted(plan.replace)}
+    return {"out": str(out), "files": names, "replaced": sorted(plan.replace),
+            "weights": "finetuned" if finetuned is not None else "inherited"}
 
 
 def load_export(out_dir: Path | str) -> torch.nn.Module:

@@ -21,6 +21,7 @@ from nas.errors import NASError
 from nas.evaluate import Evaluator, accuracy, make_evaluator
 from nas.export import load_export, plan_export, write_export
 from nas.files import exclusive_lock
+from nas.finetune import FinetuneResult, Recipe, finetune_candidate, finetune_front, finetuned_weights
 from nas.latency.targets import LatencyModel, load_target
 from nas.lifecycle import Heartbeat, owner_gone, this_host
 from nas.problem import CandidateResult, Problem
@@ -63,6 +64,10 @@ def load_checked(spec_path: str | Path) -> Spec:
 
 def load_context(spec: Spec) -> Context:
     splits = load(spec.data)
+    for name, declared, found in (("channels", spec.data.channels, splits.in_channels),
+                                  ("classes", spec.data.classes, splits.num_classes)):
+        if declared is not None and declared != found:
+            raise NASError(f"data.{name}: the spec declares {declared}, but the data has {found}")
     return Context(spec, splits, SearchSpace.from_spec(spec, splits.in_channels, splits.num_classes))
 
 
@@ -282,11 +287,15 @@ def _store_fronts(job_id: int, ctx: Context, evaluator: Evaluator, results: list
         test = accuracy(evaluator.subnet(arch), ctx.splits.x_test, ctx.splits.y_test)
         store.add_metrics(ids[arch.arch_hash()], [Metric("test_accuracy", test)])
     log(f"job {job_id}: {len(results)} candidates, {len(members)} on the Pareto front(s)")
+    # search.finetune: the most accurate members of all the fronts together, before they are exported.
+    finetune_front(store, ctx, evaluator, [ids[results[i].arch.arch_hash()] for i in sorted(members)],
+                   Path(store.job(job_id).run_dir or runs_dir() / f"job_{job_id}"), log)
     if export_to is not None and members:
         for i in sorted(members):
             candidate_id = ids[results[i].arch.arch_hash()]
-            write_export(store.candidate(candidate_id), ctx, evaluator, export_to / "exports" / f"c{candidate_id}",
-                         owned=True)
+            record = store.candidate(candidate_id)
+            write_export(record, ctx, evaluator, export_to / "exports" / f"c{candidate_id}", owned=True,
+                         finetuned=finetuned_weights(store, record))
         log(f"exported the front to {export_to / 'exports'}")
 
 
@@ -301,25 +310,49 @@ def export_candidate(store: Store, candidate_id: int, out_dir: Path, log: Log,
                      formats: Sequence[str] = ("pytorch",), force: bool = False) -> dict[str, Any]:
     """Export a stored candidate; re-measures its test accuracy to show the export reproduces it.
 
-    A non-empty `out_dir` is refused unless `force`, which replaces only a previous export's files there.
+    A fine-tuned candidate (`nas finetune`, `search.finetune`) is exported with its fine-tuned weights, and its
+    re-measured test accuracy is compared with `finetuned_test_accuracy`. A non-empty `out_dir` is refused
+    unless `force`, which replaces only a previous export's files there.
     """
     out_dir = plan_export(out_dir, formats, force).out  # refuse before loading anything
     record = store.candidate(candidate_id)
+    ctx, evaluator = _candidate_context(store, record)
+    tuned = finetuned_weights(store, record)
+    if tuned is None and record.metric("finetuned_accuracy") is not None:
+        log(f"candidate {candidate_id}: its fine-tuned weights are gone; exporting the inherited weights")
+    info = write_export(record, ctx, evaluator, out_dir, formats, force=force, finetuned=tuned)
+    loaded = load_export(out_dir)
+    info["test_accuracy"] = accuracy(loaded, ctx.splits.x_test, ctx.splits.y_test)
+    info["stored_test_accuracy"] = record.metric("finetuned_test_accuracy" if tuned else "test_accuracy")
+    log(f"exported candidate {candidate_id} to {out_dir}" + (" (fine-tuned weights)" if tuned else ""))
+    return info
+
+
+def _candidate_context(store: Store, record: CandidateRecord) -> tuple[Context, Evaluator]:
+    """A stored candidate's job context and an evaluator on the job's trained supernet."""
     job = store.job(record.job_id)
     spec = parse_spec(job.spec, f"job {job.job_id} spec")
     ctx = load_context(spec)
     found = store.find_artifact(SUPERNET_ARTIFACT, ctx.supernet_key)
     if not found or not Path(found).exists():
-        raise NASError(f"candidate {candidate_id}: the supernet of job {job.job_id} is gone "
+        raise NASError(f"candidate {record.candidate_id}: the supernet of job {job.job_id} is gone "
                        f"({found or 'never stored'}); retrain it with `nas train` on the job's spec")
     supernet = load_supernet(ctx.space, Path(found))
-    evaluator = make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val)
-    info = write_export(record, ctx, evaluator, out_dir, formats, force=force)
-    loaded = load_export(out_dir)
-    info["test_accuracy"] = accuracy(loaded, ctx.splits.x_test, ctx.splits.y_test)
-    info["stored_test_accuracy"] = record.metric("test_accuracy")
-    log(f"exported candidate {candidate_id} to {out_dir}")
-    return info
+    return ctx, make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val,
+                               spec.search.val_images)
+
+
+def finetune_stored(store: Store, candidate_id: int, log: Log, epochs: int | None = None, lr: float | None = None,
+                    label_smoothing: float | None = None, distill: float | None = None,
+                    progress: bool = True) -> FinetuneResult:
+    """`nas finetune`: fine-tune a stored candidate (the job's `search.finetune` recipe, or its defaults, with
+    the given overrides); its weights go to the job's run directory, its metrics beside the inherited ones."""
+    record = store.candidate(candidate_id)
+    ctx, evaluator = _candidate_context(store, record)
+    job = store.job(record.job_id)
+    run_dir = Path(job.run_dir) if job.run_dir else runs_dir() / f"job_{job.job_id}"
+    recipe = Recipe.from_spec(ctx.spec, epochs, lr, label_smoothing, distill)
+    return finetune_candidate(store, record, ctx, evaluator, run_dir, recipe, progress=progress, log=log)
 
 
 def train_only(spec_path: str | Path, store: Store, log: Log, resume: bool = False, retrain: bool = False,
@@ -330,5 +363,5 @@ def train_only(spec_path: str | Path, store: Store, log: Log, resume: bool = Fal
     return str(runs_dir() / "supernets" / ctx.supernet_key / FINAL_NAME)
 
 
-__all__ = ["Context", "export_candidate", "load_context", "resume_job", "search_job", "train_only", "validate",
-           "Supernet"]
+__all__ = ["Context", "export_candidate", "finetune_stored", "load_context", "resume_job", "search_job", "train_only",
+           "validate", "Supernet"]

@@ -1,8 +1,9 @@
 """SearchSpace and ArchConfig: the space as pure Python (no torch).
 
 An ArchConfig holds the choices only (resolution, stem width, per stage a width and per-layer choices, head
-width). The SearchSpace adds the fixed parts (stage kinds, strides, SE, head dim, input channels, classes)
-to describe a whole network, samples archs with a caller's seeded `random.Random`, encodes them to a flat
+width and, when the head has one, the width of its final layer). The SearchSpace adds the fixed parts (stage
+kinds, strides, SE, shortcuts, attention options, head dim, input channels, classes) to describe a whole
+network, samples archs with a caller's seeded `random.Random`, encodes them to a flat
 vector of choice indices for search engines, counts the space, and computes params, FLOPs (multiply-
 accumulates of convolutions, linear layers and attention matmuls) and the block decomposition used by the
 latency models.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nas.blocks import Block
@@ -53,9 +54,10 @@ class ArchConfig:
     stem: int
     stages: tuple[StageArch, ...]
     head: int
+    final: int = 0  # width of the head's final layer; 0: the head has none (and `to_dict` leaves it out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "resolution": self.resolution,
             "stem": self.stem,
             "stages": [
@@ -63,6 +65,9 @@ class ArchConfig:
             ],
             "head": self.head,
         }
+        if self.final:
+            data["final"] = self.final
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
@@ -72,7 +77,8 @@ class ArchConfig:
                 ConvLayer(**layer) if "expand" in layer else TransformerLayer(**layer) for layer in stage["layers"]
             ]
             stages.append(StageArch(int(stage["channels"]), tuple(layers)))
-        return cls(int(data["resolution"]), int(data["stem"]), tuple(stages), int(data["head"]))
+        return cls(int(data["resolution"]), int(data["stem"]), tuple(stages), int(data["head"]),
+                   int(data.get("final", 0)))
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -118,6 +124,17 @@ class SearchSpace:
             return [ConvLayer(e, k) for e in stage.expand for k in stage.kernel]
         return [TransformerLayer(m, v) for m in stage.mlp_ratio for v in stage.v_scale]
 
+    def head_widths(self, last: int) -> list[int]:
+        """The head widths open to an arch whose last stage is `last` wide (`head.channels`, or `head.expand`
+        times `last`), in increasing order."""
+        head = self.spec.head
+        return list(head.channels) if head.channels is not None else [r * last for r in head.expand or ()]
+
+    def _head_choice(self) -> list[int]:
+        """The head's own dimension: widths (`channels`) or ratios (`expand`)."""
+        head = self.spec.head
+        return list(head.channels if head.channels is not None else head.expand or ())
+
     def sample(self, rng: random.Random) -> ArchConfig:
         """A uniformly random choice per dimension (depth uniform over its range)."""
         stages = []
@@ -125,8 +142,11 @@ class SearchSpace:
             depth = rng.randint(stage.depth.min, stage.depth.max)
             choices = self._layer_choices(stage)
             stages.append(StageArch(rng.choice(stage.channels), tuple(rng.choice(choices) for _ in range(depth))))
-        return ArchConfig(rng.choice(self.spec.resolution), rng.choice(self.spec.stem.channels), tuple(stages),
-                          rng.choice(self.spec.head.channels))
+        arch = ArchConfig(rng.choice(self.spec.resolution), rng.choice(self.spec.stem.channels), tuple(stages),
+                          rng.choice(self.head_widths(stages[-1].channels)))
+        if self.spec.head.final_channels:
+            arch = replace(arch, final=rng.choice(self.spec.head.final_channels))
+        return arch
 
     def _extreme(self, pick: int) -> ArchConfig:
         stages = []
@@ -137,8 +157,9 @@ class SearchSpace:
             else:
                 layer = TransformerLayer(stage.mlp_ratio[pick], stage.v_scale[pick])
             stages.append(StageArch(stage.channels[pick], (layer,) * depth))
+        finals = self.spec.head.final_channels
         return ArchConfig(self.spec.resolution[pick], self.spec.stem.channels[pick], tuple(stages),
-                          self.spec.head.channels[pick])
+                          self.head_widths(stages[-1].channels)[pick], finals[pick] if finals else 0)
 
     def largest(self) -> ArchConfig:
         return self._extreme(-1)
@@ -148,7 +169,8 @@ class SearchSpace:
 
     def count(self) -> int:
         """Number of distinct architectures in the space."""
-        total = len(self.spec.resolution) * len(self.spec.stem.channels) * len(self.spec.head.channels)
+        head = len(self._head_choice()) * max(1, len(self.spec.head.final_channels))
+        total = len(self.spec.resolution) * len(self.spec.stem.channels) * head
         for stage in self.spec.stages:
             per_layer = len(self._layer_choices(stage))
             depths = sum(per_layer**d for d in range(stage.depth.min, stage.depth.max + 1))
@@ -162,8 +184,6 @@ class SearchSpace:
             problems.append(f"resolution {arch.resolution}")
         if arch.stem not in self.spec.stem.channels:
             problems.append(f"stem {arch.stem}")
-        if arch.head not in self.spec.head.channels:
-            problems.append(f"head {arch.head}")
         if len(arch.stages) != len(self.spec.stages):
             raise ValueError(f"arch has {len(arch.stages)} stages, the space has {len(self.spec.stages)}")
         for i, (stage, spec) in enumerate(zip(arch.stages, self.spec.stages, strict=True)):
@@ -173,12 +193,20 @@ class SearchSpace:
                 problems.append(f"stages[{i}].depth {stage.depth}")
             allowed = self._layer_choices(spec)
             problems += [f"stages[{i}].layers[{j}]" for j, layer in enumerate(stage.layers) if layer not in allowed]
+        if arch.head not in self.head_widths(arch.stages[-1].channels):
+            last, expand = arch.stages[-1].channels, self.spec.head.expand
+            rule = f" (head.expand {expand} x the last stage's {last})" if expand else ""
+            problems.append(f"head {arch.head}{rule}")
+        finals = self.spec.head.final_channels
+        if (arch.final not in finals) if finals else arch.final != 0:
+            problems.append(f"final {arch.final}" + ("" if finals else " (the head has no final layer)"))
         if problems:
             raise ValueError("arch is not in the space: " + ", ".join(problems))
 
     # ---- flat encoding for search engines ------------------------------------------------------------
     def dimensions(self) -> list[tuple[str, list[Any]]]:
-        """Named categorical dimensions; layers beyond a stage's depth are encoded but ignored."""
+        """Named categorical dimensions; layers beyond a stage's depth are encoded but ignored. `head` holds
+        widths (`head.channels`) or ratios to the last stage's width (`head.expand`)."""
         dims: list[tuple[str, list[Any]]] = [("resolution", list(self.spec.resolution)),
                                              ("stem", list(self.spec.stem.channels))]
         for i, stage in enumerate(self.spec.stages):
@@ -188,11 +216,14 @@ class SearchSpace:
             for j in range(stage.depth.max):
                 for name in fields:
                     dims.append((f"s{i}.l{j}.{name}", list(getattr(stage, name))))
-        dims.append(("head", list(self.spec.head.channels)))
+        dims.append(("head", self._head_choice()))
+        if self.spec.head.final_channels:
+            dims.append(("final", list(self.spec.head.final_channels)))
         return dims
 
     def encode(self, arch: ArchConfig) -> list[int]:
-        values: dict[str, Any] = {"resolution": arch.resolution, "stem": arch.stem, "head": arch.head}
+        head = arch.head if self.spec.head.channels is not None else arch.head // arch.stages[-1].channels
+        values: dict[str, Any] = {"resolution": arch.resolution, "stem": arch.stem, "head": head, "final": arch.final}
         for i, stage in enumerate(arch.stages):
             values[f"s{i}.depth"] = stage.depth
             values[f"s{i}.channels"] = stage.channels
@@ -216,29 +247,31 @@ class SearchSpace:
                 else:
                     layers.append(TransformerLayer(values[f"s{i}.l{j}.mlp_ratio"], values[f"s{i}.l{j}.v_scale"]))
             stages.append(StageArch(values[f"s{i}.channels"], tuple(layers)))
-        return ArchConfig(values["resolution"], values["stem"], tuple(stages), values["head"])
+        head = values["head"] if self.spec.head.channels is not None else values["head"] * stages[-1].channels
+        return ArchConfig(values["resolution"], values["stem"], tuple(stages), head, values.get("final", 0))
 
     # ---- the network an arch describes ---------------------------------------------------------------
     def describe(self, arch: ArchConfig) -> dict[str, Any]:
-        """A self-contained description of the network (what `static_model.build` takes)."""
+        """A self-contained description of the network (what `static_model.build` takes; format 2)."""
         stages = []
         for stage, spec in zip(arch.stages, self.spec.stages, strict=True):
             entry: dict[str, Any] = {"type": spec.type, "stride": spec.stride, "channels": stage.channels,
                                      "layers": [dict(vars(layer)) for layer in stage.layers]}
             if isinstance(spec, ConvStageSpec):
-                entry["se"] = spec.se
+                entry.update(se=spec.se, shortcut=spec.shortcut)
             else:
-                entry["head_dim"] = spec.head_dim
-                entry["downsample_expand"] = spec.downsample_expand
+                entry.update(head_dim=spec.head_dim, downsample_expand=spec.downsample_expand,
+                             downsample_se=spec.downsample_se, shortcut=spec.shortcut, v_dwconv=spec.v_dwconv,
+                             rel_pos_bias=spec.rel_pos_bias, proj_act=spec.proj_act, qkv_bias=spec.qkv_bias)
             stages.append(entry)
         return {
-            "format_version": 1,
+            "format_version": DESCRIPTION_FORMAT,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
             "resolution": arch.resolution,
             "stem": {"channels": arch.stem, "stride": self.spec.stem.stride, "kernel": self.spec.stem.kernel},
             "stages": stages,
-            "head": {"channels": arch.head},
+            "head": {"channels": arch.head, "final": arch.final},
         }
 
     def deploy_resolution_for(self, arch: ArchConfig) -> int:
@@ -255,8 +288,9 @@ class SearchSpace:
         """Every block any arch of the space can contain, at the deploy resolution of each resolution choice."""
         found: set[Block] = set()
         spec = self.spec
+        finals = spec.head.final_channels or [0]
         for resolution in spec.resolution:
-            side = self.deploy_resolution_for(ArchConfig(resolution, spec.stem.channels[0], (), spec.head.channels[0]))
+            side = self.deploy_resolution_for(ArchConfig(resolution, spec.stem.channels[0], (), 0))
             hw = _same_padding_out(side, spec.stem.stride)
             for stem in spec.stem.channels:
                 found.add(Block("stem", side, self.in_channels, stem, spec.stem.stride, spec.stem.kernel))
@@ -268,22 +302,25 @@ class SearchSpace:
                         if isinstance(stage, ConvStageSpec):
                             for layer in self._layer_choices(stage):
                                 assert isinstance(layer, ConvLayer)
-                                found.add(Block("mbconv", hw, cin, cout, stage.stride, layer.kernel, layer.expand,
-                                                stage.se))
+                                found.add(_conv_block("mbconv", hw, cin, cout, stage.stride, layer.kernel,
+                                                      layer.expand, stage.se, stage.shortcut))
                                 if stage.depth.max > 1:
-                                    found.add(Block("mbconv", out_hw, cout, cout, 1, layer.kernel, layer.expand,
-                                                    stage.se))
+                                    found.add(_conv_block("mbconv", out_hw, cout, cout, 1, layer.kernel,
+                                                          layer.expand, stage.se, stage.shortcut))
                         else:
-                            found.add(Block("transds", hw, cin, cout, stage.stride, 3, stage.downsample_expand))
+                            found.add(_conv_block("transds", hw, cin, cout, stage.stride, 3, stage.downsample_expand,
+                                                  stage.downsample_se, stage.shortcut))
                 for cout in stage.channels if isinstance(stage, TransformerStageSpec) else ():
                     for v_scale in stage.v_scale:
-                        found.add(Block("attn", out_hw, cout, cout, v_scale=v_scale, head_dim=stage.head_dim))
+                        found.add(Block("attn", out_hw, cout, cout, v_scale=v_scale, head_dim=stage.head_dim,
+                                        **_attn_options(stage.model_dump())))
                     for ratio in stage.mlp_ratio:
                         found.add(Block("ffn", out_hw, cout, cout, mlp_ratio=ratio))
                 inputs, hw = set(stage.channels), out_hw
             for cin in inputs:
-                for head in spec.head.channels:
-                    found.add(Block("head", hw, cin, head, num_classes=self.num_classes))
+                for head in self.head_widths(cin):
+                    for final in finals:
+                        found.add(Block("head", hw, cin, head, num_classes=self.num_classes, final=final))
         return sorted(found)
 
     def params(self, arch: ArchConfig) -> int:
@@ -294,34 +331,63 @@ class SearchSpace:
         return sum(block_cost(b)[1] for b in self.blocks(arch, resolution or arch.resolution))
 
 
+DESCRIPTION_FORMAT = 2  # of `SearchSpace.describe` (see `nas.static_model`: format 1 is read too)
+ATTN_OPTIONS = {"v_dwconv": False, "rel_pos_bias": False, "proj_act": False, "qkv_bias": True}  # and defaults
+
+
+def _attn_options(stage: dict[str, Any]) -> dict[str, bool]:
+    return {name: bool(stage.get(name, default)) for name, default in ATTN_OPTIONS.items()}
+
+
+def _conv_block(kind: str, hw: int, cin: int, cout: int, stride: int, kernel: int, expand: int, se: bool,
+                shortcut: str, legacy: bool = False) -> Block:
+    """An MBConv-shaped block as built from a format-2 description (format 1: `legacy`): no 1x1 expansion at
+    expand 1, and the shortcut named only where the layer changes the stride or the width."""
+    changes = stride != 1 or cin != cout
+    return Block(kind, hw, cin, cout, stride, kernel, expand, se,
+                 shortcut=shortcut if changes and not legacy else "none", expand_conv=legacy or expand > 1)
+
+
 def network_blocks(network: dict[str, Any], resolution: int) -> list[Block]:
-    """Decompose a described network into blocks at input side `resolution`."""
+    """Decompose a described network (description format 1 or 2) into blocks at input side `resolution`."""
+    legacy = network["format_version"] == 1
     stem = network["stem"]
     blocks = [Block("stem", resolution, network["in_channels"], stem["channels"], stem["stride"], stem["kernel"])]
     hw = _same_padding_out(resolution, stem["stride"])
     cin = stem["channels"]
     for stage in network["stages"]:
         cout = stage["channels"]
+        shortcut = stage.get("shortcut", "none")
         if stage["type"] == "conv":
             for j, layer in enumerate(stage["layers"]):
                 stride = stage["stride"] if j == 0 else 1
-                blocks.append(Block("mbconv", hw, cin, cout, stride, layer["kernel"], layer["expand"], stage["se"]))
+                blocks.append(_conv_block("mbconv", hw, cin, cout, stride, layer["kernel"], layer["expand"],
+                                          stage["se"], shortcut, legacy))
                 hw, cin = _same_padding_out(hw, stride), cout
         else:
-            blocks.append(Block("transds", hw, cin, cout, stage["stride"], 3, stage["downsample_expand"]))
+            se = False if legacy else stage.get("downsample_se", False)
+            blocks.append(_conv_block("transds", hw, cin, cout, stage["stride"], 3, stage["downsample_expand"], se,
+                                      shortcut, legacy))
             hw, cin = _same_padding_out(hw, stage["stride"]), cout
+            options = {} if legacy else _attn_options(stage)
             for layer in stage["layers"]:
-                blocks.append(Block("attn", hw, cout, cout, v_scale=layer["v_scale"], head_dim=stage["head_dim"]))
+                blocks.append(Block("attn", hw, cout, cout, v_scale=layer["v_scale"], head_dim=stage["head_dim"],
+                                    **options))
                 blocks.append(Block("ffn", hw, cout, cout, mlp_ratio=layer["mlp_ratio"]))
-    blocks.append(Block("head", hw, cin, network["head"]["channels"], num_classes=network["num_classes"]))
+    head = network["head"]
+    blocks.append(Block("head", hw, cin, head["channels"], num_classes=network["num_classes"],
+                        final=0 if legacy else head.get("final", 0)))
     return blocks
 
 
-def _mbconv_cost(hw: int, cin: int, cout: int, stride: int, kernel: int, expand: int, se: bool) -> tuple[int, int]:
+def _mbconv_cost(hw: int, cin: int, cout: int, stride: int, kernel: int, expand: int, se: bool,
+                 expand_conv: bool = True, shortcut: str = "none") -> tuple[int, int]:
     hidden = cin * expand
     out = _same_padding_out(hw, stride)
-    params = cin * hidden + 2 * hidden  # expand conv + BN
-    macs = hw * hw * cin * hidden
+    params = macs = 0
+    if expand_conv:
+        params += cin * hidden + 2 * hidden  # expand conv + BN
+        macs += hw * hw * cin * hidden
     params += hidden * kernel * kernel + 2 * hidden  # depthwise + BN
     macs += out * out * hidden * kernel * kernel
     if se:
@@ -330,6 +396,9 @@ def _mbconv_cost(hw: int, cin: int, cout: int, stride: int, kernel: int, expand:
         macs += hidden * mid + mid * hidden
     params += hidden * cout + 2 * cout  # project + BN
     macs += out * out * hidden * cout
+    if shortcut == "avgpool_conv" and cin != cout:  # 1x1 conv (no bias) on the pooled input
+        params += cin * cout
+        macs += out * out * cin * cout
     return params, macs
 
 
@@ -339,22 +408,30 @@ def block_cost(block: Block) -> tuple[int, int]:
     if b.kind == "stem":
         out = _same_padding_out(b.hw, b.stride)
         return b.cin * b.cout * b.kernel**2 + 2 * b.cout, out * out * b.cin * b.cout * b.kernel**2
-    if b.kind == "mbconv":
-        return _mbconv_cost(b.hw, b.cin, b.cout, b.stride, b.kernel, b.expand, b.se)
-    if b.kind == "transds":
-        return _mbconv_cost(b.hw, b.cin, b.cout, b.stride, b.kernel, b.expand, False)
+    if b.kind in ("mbconv", "transds"):
+        return _mbconv_cost(b.hw, b.cin, b.cout, b.stride, b.kernel, b.expand, b.se, b.expand_conv, b.shortcut)
     tokens = b.hw * b.hw
     if b.kind == "attn":
         heads = b.cin // b.head_dim
         qk, v = 2 * heads * b.head_dim, heads * b.v_scale * b.head_dim
-        params = 2 * b.cin + b.cin * (qk + v) + (qk + v) + v * b.cin + b.cin
+        params = 2 * b.cin + b.cin * (qk + v) + (qk + v if b.qkv_bias else 0) + v * b.cin + b.cin
         macs = tokens * b.cin * (qk + v) + tokens * v * b.cin
         macs += heads * tokens * tokens * b.head_dim + heads * tokens * tokens * b.v_scale * b.head_dim
+        if b.v_dwconv:  # 3x3 depthwise on V, no bias
+            params += 9 * v
+            macs += 9 * tokens * v
+        if b.rel_pos_bias:  # one bias per head and relative offset
+            params += (2 * b.hw - 1) ** 2 * heads
         return params, macs
     if b.kind == "ffn":
         hidden = b.cin * b.mlp_ratio
         return 2 * b.cin + 2 * b.cin * hidden + hidden + b.cin, 2 * tokens * b.cin * hidden
     if b.kind == "head":
-        params = b.cin * b.cout + 2 * b.cout + b.cout * b.num_classes + b.num_classes
-        return params, tokens * b.cin * b.cout + b.cout * b.num_classes
+        params, macs = b.cin * b.cout + 2 * b.cout, tokens * b.cin * b.cout
+        last = b.cout
+        if b.final:
+            params += b.cout * b.final + b.final
+            macs += b.cout * b.final
+            last = b.final
+        return params + last * b.num_classes + b.num_classes, macs + last * b.num_classes
     raise ValueError(f"unknown block kind {b.kind!r}")

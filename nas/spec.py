@@ -24,8 +24,10 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -48,6 +50,7 @@ MAX_CHANNELS = 16384  # stem, stage and head widths, and head_dim
 MAX_RATIO = 64  # expand, mlp_ratio, v_scale, downsample_expand
 MAX_EPOCHS = 100_000  # train.epochs, sampler probability every_epochs
 MAX_STEPS = 1_000_000_000  # train.warmup_steps
+MAX_CROP_PAD = 64  # train.augment.random_crop (pixels of padding)
 MAX_BATCH_SIZE = 65_536  # data.batch_size
 MAX_IMAGES = 2**31 - 1  # data.limit, search.val_images
 MAX_CANDIDATES = 1_000_000  # search.candidates, search.population
@@ -163,7 +166,12 @@ class StemSpec(_Strict):
 
 
 class ConvStageSpec(_Strict):
-    """An MBConv stage: elastic depth, width, expand ratio and kernel per layer."""
+    """An MBConv stage: elastic depth, width, expand ratio and kernel per layer.
+
+    An expand ratio of 1 is a depthwise-separable block (no 1x1 expansion). `se`: squeeze-excite in every
+    layer. `shortcut`: what a layer that changes the stride or the width adds to its output: `none` (nothing;
+    the default) or `avgpool_conv` (ElasticViT: its input average-pooled by the stride, through a 1x1 conv when
+    the widths differ). A layer that changes neither has an identity residual either way."""
 
     type: Literal["conv"]
     depth: DepthRange
@@ -172,13 +180,18 @@ class ConvStageSpec(_Strict):
     kernel: Annotated[list[Literal[3, 5, 7]], Field(min_length=1)]
     stride: Literal[1, 2] = 1
     se: bool = False
+    shortcut: Literal["none", "avgpool_conv"] = "none"
 
     _depth = field_validator("depth", mode="before")(_depth_from_yaml)
     _sorted = field_validator("channels", "expand", "kernel")(_unique)
 
 
 class TransformerStageSpec(_Strict):
-    """A transformer stage: a downsampling MBConv then layers of attention + MLP with a fixed head dim."""
+    """A transformer stage: a downsampling MBConv (3x3 depthwise, expand `downsample_expand`, squeeze-excite
+    when `downsample_se`, `shortcut` as in a conv stage) then layers of pre-norm attention + MLP with a fixed
+    head dim. Attention options (all on in ElasticViT, whose q/k/v projections also have no bias): `v_dwconv`,
+    a 3x3 depthwise conv on V over the token grid; `rel_pos_bias`, a learned relative position bias per head;
+    `proj_act`, hard-swish before the output projection; `qkv_bias` (default true), biases on q, k and v."""
 
     type: Literal["transformer"]
     depth: DepthRange
@@ -188,6 +201,12 @@ class TransformerStageSpec(_Strict):
     v_scale: RatioChoices
     stride: Literal[1, 2] = 2
     downsample_expand: _upto(MAX_RATIO) = 4
+    downsample_se: bool = False
+    shortcut: Literal["none", "avgpool_conv"] = "none"
+    v_dwconv: bool = False
+    rel_pos_bias: bool = False
+    proj_act: bool = False
+    qkv_bias: bool = True
 
     _depth = field_validator("depth", mode="before")(_depth_from_yaml)
     _sorted = field_validator("channels", "mlp_ratio", "v_scale")(_unique)
@@ -204,10 +223,29 @@ class TransformerStageSpec(_Strict):
 StageSpec = Annotated[ConvStageSpec | TransformerStageSpec, Field(discriminator="type")]
 
 
-class HeadSpec(_Strict):
-    channels: ChannelChoices
+def _unique_or_none(values: list[int] | None) -> list[int] | None:
+    return None if values is None else _unique(values)
 
-    _sorted = field_validator("channels")(_unique)
+
+class HeadSpec(_Strict):
+    """The classifier head: a 1x1 conv (+ BatchNorm, hard-swish) to a width from `channels`, or to `expand` x
+    the last stage's width (ElasticViT: `expand: [6]`; give one of the two), global average pooling, then, when
+    `final_channels` is given, a linear layer to one of those widths + hard-swish (ElasticViT: [1984]), then the
+    linear classifier."""
+
+    channels: ChannelChoices | None = None
+    expand: RatioChoices | None = None
+    final_channels: Annotated[list[_upto(MAX_CHANNELS)], Field(max_length=MAX_CHANNELS)] = []
+
+    _sorted = field_validator("channels", "expand")(_unique_or_none)
+    _sorted_final = field_validator("final_channels")(_unique)
+
+    @model_validator(mode="after")
+    def _one_width_rule(self) -> HeadSpec:
+        if (self.channels is None) == (self.expand is None):
+            raise ValueError("the head's width is `channels: [...]` or `expand: [...]` (x the last stage's width); "
+                             "give exactly one")
+        return self
 
 
 class SpaceSpec(_Strict):
@@ -248,7 +286,9 @@ class ArrayKeys(_Strict):
 
 
 class DataSpec(_Strict):
-    """The data set; `keys` renames the arrays of an `arrays` data set (default `x_train`, `y_train`, ...)."""
+    """The data set; `keys` renames the arrays of an `arrays` data set (default `x_train`, `y_train`, ...).
+    `channels` and `classes` declare the images' channels and the number of classes: what prices an arch
+    without loading the data (`nas arch`); checked against the data whenever it is loaded."""
 
     dataset: Literal["fashion-mnist", "digits", "folder", "arrays"]
     path: str | None = None
@@ -257,6 +297,8 @@ class DataSpec(_Strict):
     limit: _upto(MAX_IMAGES) | None = None
     seed: Seed = 0
     keys: ArrayKeys | None = None
+    channels: _upto(MAX_CHANNELS) | None = None
+    classes: Annotated[int, Field(ge=2, le=MAX_CHANNELS)] | None = None
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -320,16 +362,83 @@ class ProbabilitySchedule(_Strict):
 
 
 class PerformanceSpec(_Strict):
-    """Performance-aware sampling (ElasticViT): a bank per FLOPs bucket of the `bank_size` best (arch,
-    minibatch loss) pairs; with probability `probability.at(epoch)` a subnet comes from the bank (weights
-    softmax(-loss / temperature)), otherwise the bank picks the best of `candidates` fresh draws."""
+    """Performance-aware sampling (ElasticViT): a bank per FLOPs band of the `bank_size` best (arch, loss)
+    pairs; with probability `probability.at(epoch)` a subnet comes from the bank (weights softmax(-loss /
+    temperature)), otherwise `candidates` fresh draws from the band and `pick` keeps one: `width_depth`
+    (ElasticViT's width-over-depth rule, see `nas.sampling.width_depth_ratio`) or `nearest` (closest to the
+    band's best entry). Every `rescore_every` training steps (0: never) the current band's bank is re-scored on
+    the step's batch with the current weights, so its losses stay comparable. `enabled: false` (written
+    `performance: false`) turns performance-aware sampling off."""
 
+    enabled: bool = True
     bank_size: _upto(MAX_SAMPLES) = 8
-    candidates: _upto(MAX_SAMPLES) = 3
+    candidates: _upto(MAX_SAMPLES) = 5
     temperature: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     probability: ProbabilitySchedule = ProbabilitySchedule()
+    rescore_every: _upto(MAX_STEPS, 0) = 20
+    pick: Literal["width_depth", "nearest"] = "width_depth"
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @model_validator(mode="after")
+    def _off_means_off(self) -> PerformanceSpec:
+        if not self.enabled and not _is_default(self, skip=("enabled",)):
+            raise ValueError("performance-aware sampling is off (`enabled: false`), so its other options are unused")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _short(self, handler: SerializerFunctionWrapHandler) -> bool | dict[str, Any]:
+        """Off serialises as `false`, as it is written; on, without `enabled`."""
+        return False if not self.enabled else {k: v for k, v in handler(self).items() if k != "enabled"}
+
+
+def _needs_complexity_aware(value: Any, info: ValidationInfo) -> Any:
+    name = info.data.get("name")
+    if name is not None and name != "complexity_aware":
+        raise ValueError(f"only the complexity_aware sampler uses `{info.field_name}`, but the sampler is '{name}'")
+    return value
+
+
+DEFAULT_BANDS = 8  # complexity_aware: automatic FLOPs bands (ElasticViT's code has 8 targets)
+
+
+class BandSpec(_Strict):
+    """`train.sampler.bands`: ElasticViT's FLOPs bands, narrow ranges [t, t + width] (in millions of
+    `SearchSpace.flops` multiply-accumulates) around fixed targets, with gaps between them (its code: targets
+    100, 200, ..., 1200 MFLOPs, width 20).
+
+    Explicit: `targets_mflops` (increasing, each more than `width_mflops` above the previous, so bands never
+    touch) and `width_mflops`. Automatic (the default): `count` targets (default 8) evenly spaced so that the
+    first band starts at the smallest arch's FLOPs and the last ends at the largest's, each `width_mflops` wide
+    (default (max - min) / (2 * count): a gap about as wide as a band between neighbours). `bands: N` is
+    short for `{count: N}`.
+    """
+
+    count: Annotated[int, Field(ge=2, le=MAX_BUCKETS)] | None = None
+    targets_mflops: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]],
+                              Field(min_length=1, max_length=MAX_BUCKETS)] | None = None
+    width_mflops: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @model_validator(mode="after")
+    def _targets_apart(self) -> BandSpec:
+        targets, width = self.targets_mflops, self.width_mflops
+        if targets is None:
+            return self
+        if self.count is not None:
+            raise ValueError("give either `count` (automatic targets) or `targets_mflops`, not both")
+        if width is None:
+            raise ValueError("`targets_mflops` needs `width_mflops` (each band is [target, target + width])")
+        for low, high in zip(targets, targets[1:], strict=False):
+            if high <= low + width:
+                raise ValueError(f"bands must not touch: target {high} must be more than width_mflops ({width}) "
+                                 f"above the previous target {low}")
+        return self
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.targets_mflops) if self.targets_mflops is not None else self.count or DEFAULT_BANDS
 
 
 def _needs_complexity_aware(value: Any, info: ValidationInfo) -> Any:
@@ -342,20 +451,26 @@ def _needs_complexity_aware(value: Any, info: ValidationInfo) -> Any:
 class SamplerSpec(_Strict):
     """`train.sampler`: a name (`uniform`, `sandwich`, `complexity_aware`) or a mapping with `name` and options.
 
-    `step` lists the subnets of each training step: `max` (largest), `min` (smallest) and `random` (uniform
-    for uniform/sandwich, from the current FLOPs bucket for complexity_aware). Defaults: uniform `[random]`,
-    sandwich `[max, random x num_random, min]`, complexity_aware `[random]`. Buckets come from `edges_mflops`
-    (B+1 increasing boundaries, in millions of `SearchSpace.flops` multiply-accumulates) or from `buckets`
-    equal-mass quantiles of the FLOPs of `estimate_samples` seeded samples of the space (default 8). Between
-    steps the bucket moves by at most `max_bucket_step`: to the least-visited bucket within reach (`walk:
-    balanced`, even coverage in short runs) or by a uniform random delta (`walk: random`, ElasticViT's). A
-    `random` slot takes the first of up to `attempts` uniform samples that falls in the bucket, else a member
-    of the bucket's pool (`pool_size` archs of the estimate sample). `performance` adds ElasticViT's
-    performance-aware sampling (see `PerformanceSpec`). Bucket options apply to `complexity_aware` only.
+    `step` lists the subnets of each training step: `max` (largest), `min` (smallest; for complexity_aware,
+    with `min_arch: band` (the default) the smallest arch found in the step's band, `global` the space's) and
+    `random` (uniform for uniform/sandwich, from the current FLOPs band for complexity_aware). Defaults:
+    uniform `[random]`, sandwich `[max, random x num_random, min]`, complexity_aware `[random]`.
 
-        sampler: {name: complexity_aware, buckets: 8, max_bucket_step: 1, step: [random, random, random, min],
-                  performance: {bank_size: 8, candidates: 3, probability: {start: 0.2, step: 0.15,
-                                                                           every_epochs: 100, max: 1.0}}}
+    complexity_aware (ElasticViT) trains each step's subnets inside one FLOPs band: `bands` (the default:
+    8 automatic bands with gaps, see `BandSpec`), or contiguous buckets from `edges_mflops` (B+1 increasing
+    boundaries, in MFLOPs) or `buckets` (B equal-mass quantiles of the FLOPs of `estimate_samples` seeded
+    samples); give at most one of the three. Between steps the band moves by at most `max_bucket_step`: to
+    the least-visited band within reach (`walk: balanced`, even coverage in short runs) or by a uniform random
+    delta (`walk: random`, ElasticViT's). A `random` slot takes the first of up to `attempts` uniform samples
+    that falls in the band (else walks the closest of them into it one choice at a time); in a band uniform
+    samples rarely reach, a member of the band's pool (`pool_size` archs found in it) moved a few random
+    choices within the band (see `nas.sampling.ComplexityAwareSampler`). `performance` (on by default for
+    complexity_aware; `false` turns it off) is ElasticViT's performance-aware sampling (see `PerformanceSpec`).
+
+        sampler: {name: complexity_aware, bands: {targets_mflops: [1, 2, 3, 4], width_mflops: 0.3},
+                  step: [random, random, random, min],
+                  performance: {bank_size: 8, candidates: 5, rescore_every: 20, pick: width_depth,
+                                probability: {start: 0.2, step: 0.15, every_epochs: 100, max: 1.0}}}
     """
 
     name: Literal["uniform", "sandwich", "complexity_aware"]
@@ -363,6 +478,8 @@ class SamplerSpec(_Strict):
     buckets: _upto(MAX_BUCKETS) | None = None
     edges_mflops: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]],
                             Field(min_length=2, max_length=MAX_BUCKETS + 1)] | None = None
+    bands: BandSpec | None = None
+    min_arch: Literal["band", "global"] = "band"
     max_bucket_step: _upto(MAX_BUCKETS, 0) = 1
     walk: Literal["balanced", "random"] = "balanced"
     pool_size: _upto(MAX_SAMPLES) = 32
@@ -372,8 +489,8 @@ class SamplerSpec(_Strict):
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
-    _bucketed = field_validator("buckets", "edges_mflops", "max_bucket_step", "walk", "pool_size", "attempts",
-                                "estimate_samples", "performance")(_needs_complexity_aware)
+    _bucketed = field_validator("buckets", "edges_mflops", "bands", "min_arch", "max_bucket_step", "walk",
+                                "pool_size", "attempts", "estimate_samples", "performance")(_needs_complexity_aware)
 
     @field_validator("step")
     @classmethod
@@ -395,6 +512,34 @@ class SamplerSpec(_Strict):
             raise ValueError(f"edges must increase strictly, but got {bad[0]} in {quote(value)}")
         return value
 
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _bands_shorthand(cls, value: Any) -> Any:
+        return {"count": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("bands")
+    @classmethod
+    def _one_kind_of_band(cls, value: BandSpec | None, info: ValidationInfo) -> BandSpec | None:
+        if value is None:
+            return value
+        if info.data.get("buckets") is not None or info.data.get("edges_mflops") is not None:
+            given = "buckets" if info.data.get("buckets") is not None else "edges_mflops"
+            raise ValueError(f"give one of `bands`, `buckets` (quantile edges) or `edges_mflops`, but got `bands` "
+                             f"and `{given}`")
+        automatic = value.targets_mflops is None and value.width_mflops is None
+        return None if automatic and value.num_bands == DEFAULT_BANDS else value  # the default, written once
+
+    @field_validator("performance", mode="before")
+    @classmethod
+    def _performance_shorthand(cls, value: Any) -> Any:
+        """`performance: true` (the default) and `false` (off)."""
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @field_validator("performance")
+    @classmethod
+    def _default_performance_once(cls, value: PerformanceSpec | None) -> PerformanceSpec | None:
+        return None if value == PerformanceSpec() else value  # `performance: {}` / `true` is the default
+
     @model_serializer(mode="wrap")
     def _short(self, handler: SerializerFunctionWrapHandler) -> str | dict[str, Any]:
         """A sampler with nothing but its name serialises as the name, as it is usually written."""
@@ -408,10 +553,32 @@ class SamplerSpec(_Strict):
         return self.name == "complexity_aware"
 
     @property
+    def band_kind(self) -> str:
+        """How complexity_aware cuts the FLOPs range: `bands`, `edges` (edges_mflops) or `quantiles`."""
+        if self.edges_mflops is not None:
+            return "edges"
+        return "quantiles" if self.buckets is not None else "bands"
+
+    @property
     def num_buckets(self) -> int:
         if self.edges_mflops is not None:
             return len(self.edges_mflops) - 1
-        return self.buckets or 8
+        if self.buckets is not None:
+            return self.buckets
+        return self.bands.num_bands if self.bands is not None else DEFAULT_BANDS
+
+    @property
+    def band_options(self) -> BandSpec:
+        """The bands (for `band_kind == "bands"`), defaults resolved."""
+        return self.bands if self.bands is not None else BandSpec(count=DEFAULT_BANDS)
+
+    @property
+    def performance_options(self) -> PerformanceSpec | None:
+        """Performance-aware sampling as configured: on by default for complexity_aware, None when off."""
+        if self.name != "complexity_aware":
+            return None
+        options = self.performance if self.performance is not None else PerformanceSpec()
+        return options if options.enabled else None
 
     def slots(self, num_random: int) -> tuple[str, ...]:
         """The resolved step: what each subnet of a training step is."""
@@ -422,11 +589,43 @@ class SamplerSpec(_Strict):
         return ("random",)
 
 
+CLIP_DEFAULTS = {"norm": 5.0, "value": 1.0, "adaptive": 0.02}  # train.clip.max per kind
+
+
+class ClipSpec(_Strict):
+    """`train.clip`: gradient clipping before each optimiser step (`clip: KIND` is short for `{kind: KIND}`).
+
+    `norm`: the L2 norm of all gradients together at most `max` (default 5.0); `value`: every gradient element
+    in [-max, max] (default 1.0, AlphaNet's, which its alpha-divergence needs); `adaptive`: unit-wise adaptive
+    gradient clipping (AGC, Brock et al. 2021; ElasticViT's) with clip factor `max` (default 0.02): each output
+    unit's gradient (a weight's slice along its first dimension; a 1-d parameter is one unit) is scaled down to
+    norm max x its weight's norm (floored at 1e-3) when larger; `none`. Without `train.clip`: `adaptive` for
+    the complexity_aware sampler (ElasticViT's recipe), `norm` 5.0 otherwise.
+    """
+
+    kind: Literal["norm", "value", "adaptive", "none"]
+    max: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    @field_validator("max")
+    @classmethod
+    def _max_needs_clipping(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("kind") == "none":
+            raise ValueError("`max` is not used with `kind: none`")
+        return value
+
+    @property
+    def limit(self) -> float | None:
+        """`max`, or the kind's default (None for `none`)."""
+        return self.max if self.max is not None else CLIP_DEFAULTS.get(self.kind)
+
+
 class DistillSpec(_Strict):
     """`train.distill`: `inplace` (KL to the largest subnet of the step, when it has one), `none`, or a mapping.
 
-    teacher: `largest` (the step's `max` subnet), `random_mean` (the mean logits of the step's `random`
-    subnets, which train on labels; ElasticViT's [random x3, min]), `external` (a trained model at
+    teacher: `largest` (the step's `max` subnet), `random_mean` (the mean softmax probabilities of the step's
+    `random` subnets, which train on labels; ElasticViT's [random x3, min]), `external` (a trained model at
     `checkpoint`: an exported folder from `nas export` or a TorchScript file), `none`. Subnets that are not
     a teacher learn from the teacher's soft labels with `loss`: `kl` or `alpha` (AlphaNet's adaptive
     alpha-divergence, clipped between `alpha_min` and `alpha_max`).
@@ -504,19 +703,64 @@ class DistillSpec(_Strict):
         return tuple("label" for _ in slots)
 
 
+class AugmentSpec(_Strict):
+    """`train.augment`: light augmentation of each training batch, on its (normalised) tensors, seeded.
+
+    `random_crop: PAD` pads each image by PAD pixels (repeating its edge pixels) and crops it back at a random
+    offset, i.e. shifts it by up to PAD pixels (0: off); `hflip: true` mirrors a random half of the images
+    left-right (off by default: digits and text must not be flipped)."""
+
+    random_crop: _upto(MAX_CROP_PAD, 0) = 0
+    hflip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.random_crop > 0 or self.hflip
+
+
+ONECYCLE_WARMUP_FRACTION = 0.3  # train.schedule onecycle: the warm-up share of the steps when none is given
+
+
 class TrainSpec(_Strict):
-    """`train`: epochs, optimiser and schedule, the arch sampler, distillation and diagnostics."""
+    """`train`: epochs, optimiser and schedule, the arch sampler, distillation and diagnostics.
+
+    schedule: `cosine` (linear warm-up over `warmup_steps`, then cosine decay to 0), `constant` (the same
+    warm-up, then lr) or `onecycle` (linear warm-up from lr/25 to lr, then cosine annealing to lr/25e4; its
+    warm-up is `warmup_fraction` of the steps, 0.3 unless `warmup_steps` or `warmup_fraction` is given).
+    `warmup_fraction`, when given, sizes the warm-up of any schedule as a share of all steps instead of
+    `warmup_steps`. `label_smoothing` applies to the cross-entropy with labels (not to distillation);
+    `augment` (see AugmentSpec) is off by default.
+    """
 
     epochs: _upto(MAX_EPOCHS) = 3
     sampler: SamplerSpec = SamplerSpec(name="sandwich")
     num_random: _upto(MAX_SUBNETS, 0) = 2
     distill: DistillSpec = DistillSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
     warmup_steps: _upto(MAX_STEPS, 0) = 50
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    augment: AugmentSpec | None = None
     seed: Seed = 0
     threads: _upto(MAX_WORKERS) | None = None
     grad_cosine: bool = False
+    clip: ClipSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _onecycle_warmup(cls, data: Any) -> Any:
+        """One-cycle warms up over a share of the run (ONECYCLE_WARMUP_FRACTION) unless told otherwise."""
+        if (isinstance(data, dict) and data.get("schedule") == "onecycle" and "warmup_steps" not in data
+                and "warmup_fraction" not in data):
+            return {**data, "warmup_fraction": ONECYCLE_WARMUP_FRACTION}
+        return data
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_off_is_none(cls, value: AugmentSpec | None) -> AugmentSpec | None:
+        """An augmentation that changes nothing is no augmentation (one canonical form, one training hash)."""
+        return value if value is not None and value.enabled else None
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -560,6 +804,32 @@ class TrainSpec(_Strict):
         """The resolved subnets of each training step (see `SamplerSpec.slots`)."""
         return self.sampler.slots(self.num_random)
 
+    @field_validator("clip", mode="before")
+    @classmethod
+    def _clip_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @property
+    def gradient_clip(self) -> ClipSpec:
+        """`clip`, or its default: adaptive (AGC 0.02) for complexity_aware (ElasticViT), else norm 5.0."""
+        if self.clip is not None:
+            return self.clip
+        return ClipSpec(kind="adaptive" if self.sampler.name == "complexity_aware" else "norm")
+
+
+class FinetuneSpec(_Strict):
+    """`search.finetune`: after the fronts are written, fine-tune the `top` most accurate members of the
+    Pareto fronts (all targets' fronts together, ranked by validation accuracy) for `epochs` each, before they
+    are exported. Each subnet trains alone with AdamW (`lr`, default train.optimizer.lr; weight decay
+    train.optimizer.weight_decay), a one-cycle schedule, `label_smoothing` and train.augment; `distill` is the
+    weight (0..1) of a KL term to the supernet's largest subnet, the rest going to the labels."""
+
+    top: _upto(MAX_CANDIDATES) = 3
+    epochs: _upto(MAX_EPOCHS) = 2
+    lr: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    distill: UnitFloat = 0.0
+
 
 class SearchSpec(_Strict):
     engine: Literal["nsga2", "random", "tpe"] = "nsga2"
@@ -568,6 +838,7 @@ class SearchSpec(_Strict):
     seed: Seed = 0
     workers: _upto(MAX_WORKERS) = 2
     val_images: _upto(MAX_IMAGES) | None = None
+    finetune: FinetuneSpec | None = None
 
 
 class Objective(_Strict):
@@ -628,8 +899,56 @@ class Constraint(_Strict):
         return getattr(self, self.metric)
 
 
+class ConvLayerArch(_Strict):
+    expand: _upto(MAX_RATIO)
+    kernel: _upto(MAX_RATIO)
+
+
+class TransformerLayerArch(_Strict):
+    mlp_ratio: _upto(MAX_RATIO)
+    v_scale: _upto(MAX_RATIO)
+
+
+def _layer_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "conv" if "expand" in value or "kernel" in value else "transformer"
+    return "conv" if isinstance(value, ConvLayerArch) else "transformer"
+
+
+LayerArch = Annotated[Annotated[ConvLayerArch, Tag("conv")] | Annotated[TransformerLayerArch, Tag("transformer")],
+                      Discriminator(_layer_kind)]
+
+
+class StageArchSpec(_Strict):
+    channels: _upto(MAX_CHANNELS)
+    layers: Annotated[list[LayerArch], Field(min_length=1, max_length=MAX_DEPTH)]
+
+
+class ArchSpec(_Strict):
+    """One arch in the format of `ArchConfig.to_dict()` (a preset; `nas arch --arch`)."""
+
+    resolution: _upto(MAX_RESOLUTION)
+    stem: _upto(MAX_CHANNELS)
+    stages: Annotated[list[StageArchSpec], Field(min_length=1, max_length=MAX_STAGES)]
+    head: _upto(MAX_CHANNELS)
+    final: _upto(MAX_CHANNELS, 0) = 0
+
+    def arch_dict(self) -> dict[str, Any]:
+        """The `ArchConfig.to_dict()` form (`final` only when there is a final layer)."""
+        data = self.model_dump(mode="json")
+        if not data["final"]:
+            del data["final"]
+        return data
+
+
+PRESET_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
 class Spec(_Strict):
-    """A whole search: the space, the data, how to train, how to search, and what to optimise."""
+    """A whole search: the space, the data, how to train, how to search, and what to optimise.
+
+    `presets` names archs of the space (name -> arch in `ArchConfig.to_dict()` form), each checked to be a
+    member of the space: published models to price (`nas arch SPEC --preset NAME`) or to compare with."""
 
     version: Literal[1]
     name: str | None = None
@@ -643,6 +962,26 @@ class Spec(_Strict):
         Objective(minimize="latency"),
     ]
     constraints: list[Constraint] = []
+    presets: dict[Annotated[str, Field(pattern=f"^{PRESET_NAME}$")], ArchSpec] | None = None
+
+    @field_validator("presets")
+    @classmethod
+    def _presets_in_space(cls, value: dict[str, ArchSpec] | None, info: ValidationInfo) -> dict[str, ArchSpec] | None:
+        space = info.data.get("space")
+        if not value or space is None:
+            return value or None
+        from nas.space import ArchConfig, SearchSpace  # nas.space imports this module
+
+        members = SearchSpace(space, 1, 2)
+        problems = []
+        for name, arch in value.items():
+            try:
+                members.validate_arch(ArchConfig.from_dict(arch.arch_dict()))
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _population_fits(self) -> Spec:

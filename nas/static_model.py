@@ -1,20 +1,57 @@
 """Plain PyTorch modules for one subnet, built from a network description (see `SearchSpace.describe`).
 
-This file depends on torch only, so an export can ship a copy of it beside the weights and the model
+This file depends on torch only (and on the op modules of `nas/ops`, which depend on torch only), so an export
+can ship a copy of it beside the weights, with a copy of each op module beside it (`OP_FILES`), and the model
 loads without the `nas` package or the supernet:
 
     import json, torch
     from model import build
     net = build(json.load(open("network.json")))
     net.load_state_dict(torch.load("weights.pt", weights_only=True))
+
+Description formats: 2 (current) names every block option per stage (`shortcut`, `downsample_se`,
+`v_dwconv`, `rel_pos_bias`, `proj_act`, `qkv_bias`) and the head's `final` width, and reads expand ratio 1
+as a depthwise-separable block (no 1x1 expansion); 1 (exports written before) has none of these options and
+a 1x1 expansion at every expand ratio, and is built exactly as it was then.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
+
+FORMAT_VERSIONS = (1, 2)
+OP_MODULES = ("attention", "conv")  # nas/ops/<name>.py, shipped in an export as ops_<name>.py
+
+
+def _op_module(name: str) -> ModuleType:
+    """`nas/ops/<name>.py`: its copy beside this file in an export (`ops_<name>.py`), else the package's."""
+    copy = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"ops_{name}.py")
+    if os.path.isfile(copy):
+        spec = importlib.util.spec_from_file_location(f"{__name__}_ops_{name}", copy)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {copy}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(f"nas.ops.{name}")
+
+
+_OPS = {name: _op_module(name) for name in OP_MODULES}
+attention_ops = _OPS["attention"]
+conv_ops = _OPS["conv"]
+OP_FILES = tuple(f"ops_{name}.py" for name in OP_MODULES)
+
+
+def op_files() -> dict[str, str]:
+    """The op modules an export ships beside `model.py`: export file name -> path of the source."""
+    return {f"ops_{name}.py": os.path.abspath(module.__file__ or "") for name, module in _OPS.items()}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -23,6 +60,11 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def conv_out(side: int, stride: int) -> int:
+    """Side of a `same`-padded conv's output."""
+    return (side - 1) // stride + 1
 
 
 class ConvBNAct(nn.Sequential):
@@ -41,48 +83,90 @@ class SqueezeExcite(nn.Module):
         self.expand = nn.Conv2d(mid, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = x.mean((2, 3), keepdim=True)
-        scale = self.expand(torch.relu(self.reduce(scale)))
-        return x * nn.functional.hardsigmoid(scale)
+        return conv_ops.squeeze_excite(x, self.reduce.weight, self.reduce.bias, self.expand.weight, self.expand.bias)
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, kxk depthwise, optional squeeze-excite, 1x1 project."""
+    """Inverted residual: [1x1 expand], kxk depthwise, optional squeeze-excite, 1x1 project.
 
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, se: bool):
+    An identity residual when stride 1 and widths match; otherwise, with `shortcut="avgpool_conv"`
+    (ElasticViT), the input average-pooled by the stride plus a 1x1 conv where the widths differ, and with
+    `shortcut="none"` no residual. `expand_conv=False` (only at expand 1) leaves out the 1x1 expansion."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, se: bool,
+                 shortcut: str = "none", expand_conv: bool = True):
         super().__init__()
+        if not expand_conv and expand != 1:
+            raise ValueError(f"only expand ratio 1 can go without a 1x1 expansion, got {expand}")
+        if shortcut not in ("none", "avgpool_conv"):
+            raise ValueError(f"shortcut must be none or avgpool_conv, got {shortcut!r}")
         hidden = cin * expand
-        self.expand = ConvBNAct(cin, hidden, 1)
+        self.expand = ConvBNAct(cin, hidden, 1) if expand_conv else nn.Identity()
         self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, groups=hidden)
         self.se = SqueezeExcite(hidden, make_divisible(hidden / 4)) if se else nn.Identity()
         self.project = ConvBNAct(hidden, cout, 1, act=False)
+        self.stride = stride
         self.residual = stride == 1 and cin == cout
+        self.pool_shortcut = not self.residual and shortcut == "avgpool_conv"
+        self.shortcut = nn.Conv2d(cin, cout, 1, bias=False) if self.pool_shortcut and cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
-        return x + out if self.residual else out
+        if self.residual:
+            return x + out
+        if self.pool_shortcut:
+            weight = self.shortcut.weight if self.shortcut is not None else None
+            return out + conv_ops.pool_shortcut(x, self.stride, weight)
+        return out
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head self-attention with a fixed head dim and value dim = v_scale x head dim."""
+    """Pre-norm multi-head self-attention with a fixed head dim and value dim = v_scale x head dim, over a
+    `side` x `side` token grid.
 
-    def __init__(self, channels: int, head_dim: int, v_scale: int):
+    Options (ElasticViT's attention has all but `qkv_bias`): `v_dwconv`, a 3x3 depthwise conv (no bias) on V
+    over the grid; `rel_pos_bias`, a learned bias per head and relative offset ((2 side - 1)^2 x heads);
+    `proj_act`, hard-swish before the output projection; `qkv_bias`, biases on the q, k and v projections.
+    `kind` names the attention (`ops_attention.ATTENTION_KINDS`)."""
+
+    def __init__(self, channels: int, head_dim: int, v_scale: int, side: int = 0, v_dwconv: bool = False,
+                 rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True, kind: str = "softmax"):
         super().__init__()
         self.heads = channels // head_dim
         self.head_dim = head_dim
         self.v_dim = v_scale * head_dim
+        self.side = side
+        self.proj_act = proj_act
+        self.attend = attention_ops.get_attention(kind)
+        width = self.heads * self.v_dim
         self.norm = nn.LayerNorm(channels)
-        self.qk = nn.Linear(channels, 2 * self.heads * head_dim)
-        self.v = nn.Linear(channels, self.heads * self.v_dim)
-        self.proj = nn.Linear(self.heads * self.v_dim, channels)
+        self.qk = nn.Linear(channels, 2 * self.heads * head_dim, bias=qkv_bias)
+        self.v = nn.Linear(channels, width, bias=qkv_bias)
+        self.v_conv = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False) if v_dwconv else None
+        self.rel_bias: nn.Parameter | None = None
+        if rel_pos_bias:
+            if side < 1:
+                raise ValueError("a relative position bias needs the token grid's side")
+            self.rel_bias = nn.Parameter(torch.zeros((2 * side - 1) ** 2, self.heads))
+            nn.init.trunc_normal_(self.rel_bias, std=0.02)
+            self.register_buffer("rel_index", attention_ops.relative_position_index(side, side), persistent=False)
+        self.proj = nn.Linear(width, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
         y = self.norm(x)
         q, k = self.qk(y).view(batch, tokens, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        v = self.v(y).view(batch, tokens, self.heads, self.v_dim).transpose(1, 2)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(batch, tokens, self.heads * self.v_dim)
+        v = self.v(y)
+        if self.v_conv is not None:
+            v = attention_ops.depthwise_tokens(v, self.v_conv.weight, self.side)
+        v = v.view(batch, tokens, self.heads, self.v_dim).transpose(1, 2)
+        bias = None
+        if self.rel_bias is not None:
+            bias = attention_ops.relative_bias(self.rel_bias, self.rel_index, self.heads)
+        out = self.attend(q, k, v, self.head_dim**-0.5, bias)
+        out = out.transpose(1, 2).reshape(batch, tokens, self.heads * self.v_dim)
+        if self.proj_act:
+            out = nn.functional.hardswish(out)
         return x + self.proj(out)
 
 
@@ -97,15 +181,31 @@ class FeedForward(nn.Module):
         return x + self.fc2(nn.functional.hardswish(self.fc1(self.norm(x))))
 
 
-class TransformerStage(nn.Module):
-    """A downsampling MBConv, then attention + FFN layers over the flattened feature map."""
+ATTENTION_OPTIONS = {"v_dwconv": False, "rel_pos_bias": False, "proj_act": False, "qkv_bias": True}
 
-    def __init__(self, cin: int, stage: dict[str, Any]):
+
+def _conv_options(stage: dict[str, Any], expand: int, version: int) -> dict[str, Any]:
+    """The MBConv options of a stage's layer with `expand`, as the description format reads them (an option
+    a stage leaves out holds its default)."""
+    if version == 1:
+        return {"shortcut": "none", "expand_conv": True}
+    return {"shortcut": stage.get("shortcut", "none"), "expand_conv": expand > 1}
+
+
+class TransformerStage(nn.Module):
+    """A downsampling MBConv, then attention + FFN layers over the flattened feature map, whose input side
+    (before the downsample) is `side` (needed by a relative position bias only)."""
+
+    def __init__(self, cin: int, stage: dict[str, Any], side: int = 0, version: int = 2):
         super().__init__()
-        cout = stage["channels"]
-        self.downsample = MBConv(cin, cout, stage["downsample_expand"], 3, stage["stride"], False)
+        cout, expand = stage["channels"], stage["downsample_expand"]
+        se = stage.get("downsample_se", False) if version > 1 else False
+        self.downsample = MBConv(cin, cout, expand, 3, stage["stride"], se, **_conv_options(stage, expand, version))
+        side = conv_out(side, stage["stride"])
+        options = {} if version == 1 else {key: stage.get(key, default) for key, default in ATTENTION_OPTIONS.items()}
         self.layers = nn.ModuleList(
-            nn.Sequential(Attention(cout, stage["head_dim"], layer["v_scale"]), FeedForward(cout, layer["mlp_ratio"]))
+            nn.Sequential(Attention(cout, stage["head_dim"], layer["v_scale"], side, **options),
+                          FeedForward(cout, layer["mlp_ratio"]))
             for layer in stage["layers"]
         )
 
@@ -119,23 +219,29 @@ class TransformerStage(nn.Module):
 
 
 class Head(nn.Module):
-    """1x1 expand + hard-swish, global average pool, linear classifier."""
+    """1x1 expand + hard-swish, global average pool, [linear to `final` + hard-swish], linear classifier."""
 
-    def __init__(self, cin: int, channels: int, num_classes: int):
+    def __init__(self, cin: int, channels: int, num_classes: int, final: int = 0):
         super().__init__()
         self.expand = ConvBNAct(cin, channels, 1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.final = nn.Linear(channels, final) if final else None
+        self.classifier = nn.Linear(final or channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.expand(x).mean((2, 3)))
+        y = self.expand(x).mean((2, 3))
+        if self.final is not None:
+            y = nn.functional.hardswish(self.final(y))
+        return self.classifier(y)
 
 
 class Network(nn.Module):
     def __init__(self, network: dict[str, Any]):
         super().__init__()
+        version = network["format_version"]
         stem = network["stem"]
         self.resolution = network["resolution"]
         self.stem = ConvBNAct(network["in_channels"], stem["channels"], stem["kernel"], stem["stride"])
+        side = conv_out(self.resolution, stem["stride"])
         cin = stem["channels"]
         stages: list[nn.Module] = []
         for stage in network["stages"]:
@@ -143,14 +249,17 @@ class Network(nn.Module):
                 layers = []
                 for j, layer in enumerate(stage["layers"]):
                     stride = stage["stride"] if j == 0 else 1
-                    layers.append(MBConv(cin, stage["channels"], layer["expand"], layer["kernel"], stride, stage["se"]))
+                    layers.append(MBConv(cin, stage["channels"], layer["expand"], layer["kernel"], stride,
+                                         stage["se"], **_conv_options(stage, layer["expand"], version)))
                     cin = stage["channels"]
                 stages.append(nn.Sequential(*layers))
+                side = conv_out(side, stage["stride"]) if stage["layers"] else side
             else:
-                stages.append(TransformerStage(cin, stage))
-                cin = stage["channels"]
+                stages.append(TransformerStage(cin, stage, side, version))
+                side, cin = conv_out(side, stage["stride"]), stage["channels"]
         self.stages = nn.Sequential(*stages)
-        self.head = Head(cin, network["head"]["channels"], network["num_classes"])
+        head = network["head"]
+        self.head = Head(cin, head["channels"], network["num_classes"], head.get("final", 0) if version > 1 else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
@@ -161,6 +270,7 @@ class Network(nn.Module):
 
 def build(network: dict[str, Any]) -> Network:
     """A freshly initialised network for a description produced by `SearchSpace.describe`."""
-    if network.get("format_version") != 1:
-        raise ValueError(f"network description format_version must be 1, got {network.get('format_version')!r}")
+    if network.get("format_version") not in FORMAT_VERSIONS:
+        raise ValueError(f"network description format_version must be one of {FORMAT_VERSIONS}, got "
+                         f"{network.get('format_version')!r}")
     return Network(network)

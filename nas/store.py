@@ -141,6 +141,9 @@ class CandidateRecord:
             "arch_hash": self.arch_hash,
             "accuracy": self.metric("accuracy"),
             "test_accuracy": self.metric("test_accuracy"),
+            # After `nas finetune` / `search.finetune` (None otherwise): the fine-tuned subnet's accuracies.
+            "finetuned_accuracy": self.metric("finetuned_accuracy"),
+            "finetuned_test_accuracy": self.metric("finetuned_test_accuracy"),
             "params": self.metric("params"),
             "flops": self.metric("flops"),
             "latency_ms": latency,

@@ -2,9 +2,10 @@
 
 Elastic ops own the largest weights and slice them for the active arch (OFA's `dynamic_op` convention):
 widths take the leading channels, kernels the centre of the largest kernel, attention the leading heads
-and the leading value dims of each head, depth the leading layers. The supernet never samples:
-`set_active(arch)` selects a subnet, `extract(arch)` copies its slices into the plain modules of
-`nas.static_model`, whose output equals the supernet's for the same arch.
+and the leading value dims of each head, depth the leading layers, a relative position bias table the
+offsets a smaller token grid can address. The supernet never samples: `set_active(arch)` selects a subnet,
+`extract(arch)` copies its slices into the plain modules of `nas.static_model`, whose output equals the
+supernet's for the same arch. The op formulas both use live in `nas.ops`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import static_model
+from nas.ops import attention as attention_ops
+from nas.ops import conv as conv_ops
 from nas.space import ArchConfig, ConvLayer, SearchSpace, TransformerLayer, se_channels
 from nas.spec import ConvStageSpec
 
@@ -60,10 +63,15 @@ class ElasticConvBN(nn.Module):
 
 
 class ElasticMBConv(nn.Module):
-    def __init__(self, max_in: int, max_out: int, max_expand: int, max_kernel: int, stride: int, se: bool):
+    """Inverted residual elastic in widths, expand ratio and kernel. Expand ratio 1 skips the 1x1 expansion
+    (depthwise-separable); `shortcut="avgpool_conv"` adds ElasticViT's shortcut where the stride or the width
+    changes (see `static_model.MBConv`)."""
+
+    def __init__(self, max_in: int, max_out: int, max_expand: int, max_kernel: int, stride: int, se: bool,
+                 shortcut: str = "none"):
         super().__init__()
         hidden = max_in * max_expand
-        self.expand_conv = ElasticConvBN(max_in, hidden, 1)
+        self.expand_conv = ElasticConvBN(max_in, hidden, 1) if max_expand > 1 else None
         self.depthwise = ElasticConvBN(hidden, hidden, max_kernel, stride, depthwise=True)
         self.se = se
         if se:
@@ -72,12 +80,15 @@ class ElasticMBConv(nn.Module):
             self.se_expand = nn.Conv2d(mid, hidden, 1)
         self.project = ElasticConvBN(hidden, max_out, 1, act=False)
         self.stride = stride
+        self.shortcut = shortcut
+        self.shortcut_conv = nn.Conv2d(max_in, max_out, 1, bias=False) if shortcut == "avgpool_conv" else None
         self.active_expand = max_expand
 
     def set_active(self, cin: int, cout: int, expand: int, kernel: int) -> None:
         hidden = cin * expand
         self.active_expand = expand
-        self.expand_conv.active_out = hidden
+        if self.expand_conv is not None:
+            self.expand_conv.active_out = hidden
         self.depthwise.active_out, self.depthwise.active_kernel = hidden, kernel
         self.project.active_out = cout
 
@@ -87,16 +98,23 @@ class ElasticMBConv(nn.Module):
                 self.se_expand.weight[:hidden, :mid], self.se_expand.bias[:hidden])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.depthwise(self.expand_conv(x))
+        y = x if self.active_expand == 1 or self.expand_conv is None else self.expand_conv(x)
+        y = self.depthwise(y)
         if self.se:
-            w1, b1, w2, b2 = self._se_slices(y.shape[1])
-            scale = F.conv2d(torch.relu(F.conv2d(y.mean((2, 3), keepdim=True), w1, b1)), w2, b2)
-            y = y * F.hardsigmoid(scale)
+            y = conv_ops.squeeze_excite(y, *self._se_slices(y.shape[1]))
         y = self.project(y)
-        return x + y if self.stride == 1 and x.shape[1] == y.shape[1] else y
+        cin, cout = x.shape[1], y.shape[1]
+        if self.stride == 1 and cin == cout:
+            return x + y
+        if self.shortcut_conv is not None:
+            weight = self.shortcut_conv.weight[:cout, :cin] if cin != cout else None
+            return y + conv_ops.pool_shortcut(x, self.stride, weight)
+        return y
 
     def export_into(self, target: static_model.MBConv) -> None:
-        self.expand_conv.export_into(target.expand)
+        if isinstance(target.expand, static_model.ConvBNAct):
+            assert self.expand_conv is not None
+            self.expand_conv.export_into(target.expand)
         self.depthwise.export_into(target.depthwise)
         if self.se:
             hidden = target.depthwise[0].out_channels
@@ -104,42 +122,74 @@ class ElasticMBConv(nn.Module):
                                      target.se.expand.bias), self._se_slices(hidden), strict=True):
                 param.copy_(value)
         self.project.export_into(target.project)
+        if target.shortcut is not None:
+            assert self.shortcut_conv is not None
+            target.shortcut.weight.copy_(self.shortcut_conv.weight[: target.shortcut.out_channels,
+                                                                   : target.shortcut.in_channels])
 
 
 class ElasticAttention(nn.Module):
-    """Attention elastic in width (number of heads at a fixed head dim) and value scale."""
+    """Attention elastic in width (number of heads at a fixed head dim) and value scale, with the options of
+    `static_model.Attention`. The relative position bias table covers a grid of side `max_side` (the largest
+    the space's resolutions give this stage); a smaller grid uses the offsets it can address."""
 
-    def __init__(self, max_channels: int, head_dim: int, max_v_scale: int):
+    def __init__(self, max_channels: int, head_dim: int, max_v_scale: int, max_side: int = 0,
+                 v_dwconv: bool = False, rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True,
+                 kind: str = "softmax"):
         super().__init__()
         self.head_dim, self.max_heads = head_dim, max_channels // head_dim
         self.max_v_dim = max_v_scale * head_dim
+        self.max_side, self.proj_act, self.kind = max_side, proj_act, kind
+        self.attend = attention_ops.get_attention(kind)
+        width = self.max_heads * self.max_v_dim
         self.norm = nn.LayerNorm(max_channels)
-        self.qk = nn.Linear(max_channels, 2 * self.max_heads * head_dim)
-        self.v = nn.Linear(max_channels, self.max_heads * self.max_v_dim)
-        self.proj = nn.Linear(self.max_heads * self.max_v_dim, max_channels)
+        self.qk = nn.Linear(max_channels, 2 * self.max_heads * head_dim, bias=qkv_bias)
+        self.v = nn.Linear(max_channels, width, bias=qkv_bias)
+        self.v_conv = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False) if v_dwconv else None
+        self.rel_bias: nn.Parameter | None = None
+        if rel_pos_bias:
+            self.rel_bias = nn.Parameter(torch.zeros((2 * max_side - 1) ** 2, self.max_heads))
+            nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        self.proj = nn.Linear(width, max_channels)
         self.active_v_scale = max_v_scale
+        self._index: dict[int, torch.Tensor] = {}
 
-    def _slices(self, channels: int) -> dict[str, torch.Tensor]:
+    def _slices(self, channels: int) -> dict[str, torch.Tensor | None]:
         hd, mh = self.head_dim, self.max_heads
         heads, v_dim = channels // hd, self.active_v_scale * hd
+        qk_b, v_b = self.qk.bias, self.v.bias
         return {
             "qk_w": self.qk.weight.view(2, mh, hd, -1)[:, :heads, :, :channels].reshape(2 * heads * hd, channels),
-            "qk_b": self.qk.bias.view(2, mh, hd)[:, :heads].reshape(-1),
+            "qk_b": None if qk_b is None else qk_b.view(2, mh, hd)[:, :heads].reshape(-1),
             "v_w": self.v.weight.view(mh, self.max_v_dim, -1)[:heads, :v_dim, :channels].reshape(-1, channels),
-            "v_b": self.v.bias.view(mh, self.max_v_dim)[:heads, :v_dim].reshape(-1),
+            "v_b": None if v_b is None else v_b.view(mh, self.max_v_dim)[:heads, :v_dim].reshape(-1),
+            "v_conv": None if self.v_conv is None else
+            self.v_conv.weight.view(mh, self.max_v_dim, 1, 3, 3)[:heads, :v_dim].reshape(-1, 1, 3, 3),
             "proj_w": self.proj.weight.view(-1, mh, self.max_v_dim)[:channels, :heads, :v_dim].reshape(channels, -1),
             "proj_b": self.proj.bias[:channels],
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _bias(self, side: int, heads: int) -> torch.Tensor | None:
+        if self.rel_bias is None:
+            return None
+        if side not in self._index:
+            self._index[side] = attention_ops.relative_position_index(side, self.max_side)
+        return attention_ops.relative_bias(self.rel_bias, self._index[side].to(self.rel_bias.device), heads)
+
+    def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
         batch, tokens, channels = x.shape
         heads, v_dim = channels // self.head_dim, self.active_v_scale * self.head_dim
         s = self._slices(channels)
         y = F.layer_norm(x, (channels,), self.norm.weight[:channels], self.norm.bias[:channels], self.norm.eps)
         q, k = F.linear(y, s["qk_w"], s["qk_b"]).view(batch, tokens, 2, heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        v = F.linear(y, s["v_w"], s["v_b"]).view(batch, tokens, heads, v_dim).transpose(1, 2)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(batch, tokens, heads * v_dim)
+        v = F.linear(y, s["v_w"], s["v_b"])
+        if s["v_conv"] is not None:
+            v = attention_ops.depthwise_tokens(v, s["v_conv"], side)
+        v = v.view(batch, tokens, heads, v_dim).transpose(1, 2)
+        out = self.attend(q, k, v, self.head_dim**-0.5, self._bias(side, heads))
+        out = out.transpose(1, 2).reshape(batch, tokens, heads * v_dim)
+        if self.proj_act:
+            out = F.hardswish(out)
         return x + F.linear(out, s["proj_w"], s["proj_b"])
 
     def export_into(self, target: static_model.Attention) -> None:
@@ -148,8 +198,15 @@ class ElasticAttention(nn.Module):
         target.norm.weight.copy_(self.norm.weight[:channels])
         target.norm.bias.copy_(self.norm.bias[:channels])
         for linear, name in ((target.qk, "qk"), (target.v, "v"), (target.proj, "proj")):
-            linear.weight.copy_(s[f"{name}_w"])
-            linear.bias.copy_(s[f"{name}_b"])
+            linear.weight.copy_(s[f"{name}_w"])  # type: ignore[arg-type]
+            if linear.bias is not None:
+                linear.bias.copy_(s[f"{name}_b"])  # type: ignore[arg-type]
+        if target.v_conv is not None:
+            target.v_conv.weight.copy_(s["v_conv"])  # type: ignore[arg-type]
+        if target.rel_bias is not None:
+            assert self.rel_bias is not None
+            rows = attention_ops.relative_table_rows(target.side, self.max_side)
+            target.rel_bias.copy_(self.rel_bias[rows, : target.heads])
 
 
 class ElasticFeedForward(nn.Module):
@@ -177,6 +234,10 @@ class ElasticFeedForward(nn.Module):
         target.fc2.bias.copy_(self.fc2.bias[:channels])
 
 
+def _side(side: int, stride: int) -> int:
+    return (side - 1) // stride + 1
+
+
 class Supernet(nn.Module):
     """All subnets of a `SearchSpace` in one module."""
 
@@ -186,27 +247,36 @@ class Supernet(nn.Module):
         spec = space.spec
         self.stem = ElasticConvBN(space.in_channels, max(spec.stem.channels), spec.stem.kernel, spec.stem.stride)
         cin = max(spec.stem.channels)
+        side = _side(max(spec.resolution), spec.stem.stride)  # the largest feature map side at each stage
         self.stages = nn.ModuleList()
         for stage in spec.stages:
             cout = max(stage.channels)
             if isinstance(stage, ConvStageSpec):
                 layers = nn.ModuleList(
                     ElasticMBConv(cin if j == 0 else cout, cout, max(stage.expand), max(stage.kernel),
-                                  stage.stride if j == 0 else 1, stage.se)
+                                  stage.stride if j == 0 else 1, stage.se, stage.shortcut)
                     for j in range(stage.depth.max)
                 )
                 self.stages.append(nn.ModuleDict({"layers": layers}))
             else:
+                side_out = _side(side, stage.stride)
                 layers = nn.ModuleList(
-                    nn.ModuleDict({"attn": ElasticAttention(cout, stage.head_dim, max(stage.v_scale)),
+                    nn.ModuleDict({"attn": ElasticAttention(cout, stage.head_dim, max(stage.v_scale), side_out,
+                                                            stage.v_dwconv, stage.rel_pos_bias, stage.proj_act,
+                                                            stage.qkv_bias),
                                    "ffn": ElasticFeedForward(cout, max(stage.mlp_ratio))})
                     for _ in range(stage.depth.max)
                 )
-                downsample = ElasticMBConv(cin, cout, stage.downsample_expand, 3, stage.stride, False)
+                downsample = ElasticMBConv(cin, cout, stage.downsample_expand, 3, stage.stride, stage.downsample_se,
+                                           stage.shortcut)
                 self.stages.append(nn.ModuleDict({"downsample": downsample, "layers": layers}))
+            side = _side(side, stage.stride)
             cin = cout
-        self.head_conv = ElasticConvBN(cin, max(spec.head.channels), 1)
-        self.classifier = nn.Linear(max(spec.head.channels), space.num_classes)
+        head_width = max(space.head_widths(cin))
+        self.head_conv = ElasticConvBN(cin, head_width, 1)
+        final = max(spec.head.final_channels, default=0)
+        self.head_final = nn.Linear(head_width, final) if final else None
+        self.classifier = nn.Linear(final or head_width, space.num_classes)
         self.active: ArchConfig | None = None
         self.set_active(space.largest())
 
@@ -242,12 +312,16 @@ class Supernet(nn.Module):
                 batch, channels, height, width = x.shape
                 tokens = x.flatten(2).transpose(1, 2)
                 for block in module["layers"][: stage.depth]:
-                    tokens = block["ffn"](block["attn"](tokens))
+                    tokens = block["ffn"](block["attn"](tokens, height))
                 x = tokens.transpose(1, 2).reshape(batch, channels, height, width)
             else:
                 for block in module["layers"][: stage.depth]:
                     x = block(x)
         x = self.head_conv(x).mean((2, 3))
+        if self.head_final is not None:
+            x = F.hardswish(F.linear(x, self.head_final.weight[: arch.final, : arch.head],
+                                     self.head_final.bias[: arch.final]))
+            return F.linear(x, self.classifier.weight[:, : arch.final], self.classifier.bias)
         return F.linear(x, self.classifier.weight[:, : arch.head], self.classifier.bias)
 
     @torch.no_grad()
@@ -266,7 +340,11 @@ class Supernet(nn.Module):
                 for block, layer in zip(module["layers"][: stage.depth], target, strict=True):
                     block.export_into(layer)
         self.head_conv.export_into(net.head.expand)
-        net.head.classifier.weight.copy_(self.classifier.weight[:, : arch.head])
+        width = arch.final or arch.head
+        if self.head_final is not None and net.head.final is not None:
+            net.head.final.weight.copy_(self.head_final.weight[: arch.final, : arch.head])
+            net.head.final.bias.copy_(self.head_final.bias[: arch.final])
+        net.head.classifier.weight.copy_(self.classifier.weight[:, :width])
         net.head.classifier.bias.copy_(self.classifier.bias)
         net.train(self.training)
         return net

@@ -1,10 +1,12 @@
-"""Supernet training: per step the sampler's subnets, distillation, AdamW + cosine, checkpoints, diagnostics.
+"""Supernet training: per step the sampler's subnets, distillation, AdamW + a schedule, checkpoints, diagnostics.
 
 Each step trains the subnets the sampler returns, each with one forward and backward pass accumulating into
-the shared weights, then takes one optimiser step. What each subnet learns from follows `train.distill` (see
-`DistillSpec.roles`): labels (cross-entropy), or the soft labels of a teacher (the step's largest subnet,
-the mean of its random subnets, or an external model) through KL divergence or AlphaNet's adaptive
-alpha-divergence. Teachers run first, whatever their place in the step.
+the shared weights, clips the gradients (`train.clip`: norm, value or adaptive), then takes one optimiser
+step. What each subnet learns from follows `train.distill` (see `DistillSpec.roles`): labels (cross-entropy),
+or the soft labels of a teacher (the step's largest subnet, the mean probabilities of its random subnets, or
+an external model) through KL divergence or AlphaNet's adaptive alpha-divergence. Teachers run first, whatever
+their place in the step. Every `sampler.rescore_every` steps the sampler may re-score archs on the step's batch
+(`rescore_on_batch`; ElasticViT's performance bank).
 
 A checkpoint is written after every epoch into `<run_dir>/checkpoints/` (weights, optimiser, schedule, the
 sampler's state, the RNG states and the diagnostics so far), so `resume=True` continues a run exactly where its
@@ -35,18 +37,20 @@ from torch import nn
 from tqdm import tqdm
 
 from nas import static_model
+from nas.augment import augment_batch, epoch_generator
 from nas.data import Splits
 from nas.errors import NASError
 from nas.files import write_atomic
 from nas.sampling import ArchSampler, make_sampler
 from nas.space import ArchConfig, SearchSpace
-from nas.spec import DistillSpec, Spec
+from nas.spec import ClipSpec, DistillSpec, Spec
 from nas.supernet import Supernet
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_NAME = "supernet.pt"
 METRICS_NAME = "metrics.json"
 ALPHA_IW_CLIP = 5.0  # AlphaNet's clip of the importance weights (p / q) ** alpha
+AGC_EPS = 1e-3  # adaptive gradient clipping: the floor of a unit's weight norm (Brock et al. 2021)
 
 
 @dataclass(frozen=True)
@@ -75,21 +79,47 @@ def make_optimizer(spec: Spec, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def make_schedule(spec: Spec, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = min(spec.train.warmup_steps, max(total_steps - 1, 0))
-    cosine = spec.train.schedule == "cosine"
+    return schedule_for(optimizer, total_steps, spec.train.schedule, spec.train.warmup_steps,
+                        spec.train.warmup_fraction)
+
+
+ONECYCLE_DIV = 25.0  # one-cycle starts at lr / 25 ...
+ONECYCLE_FINAL_DIV = 1e4  # ... and ends at lr / 25 / 1e4 (torch's OneCycleLR defaults)
+
+
+def schedule_for(optimizer: torch.optim.Optimizer, total_steps: int, kind: str, warmup_steps: int,
+                 warmup_fraction: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate factor per optimiser step (see TrainSpec): `cosine` and `constant` warm up linearly
+    from lr/warmup to lr; `onecycle` warms up linearly from lr/25 to lr, then anneals by a cosine to lr/25e4.
+    The warm-up lasts `warmup_fraction` of `total_steps` when given, else `warmup_steps` (never all steps)."""
+    if kind not in ("cosine", "constant", "onecycle"):
+        raise NASError(f"train.schedule: unknown schedule {kind!r} (known: constant, cosine, onecycle)")
+    wanted = round(warmup_fraction * total_steps) if warmup_fraction is not None else warmup_steps
+    warmup = min(wanted, max(total_steps - 1, 0))
+    onecycle = kind == "onecycle"
+    start = 1.0 / ONECYCLE_DIV
+    end = start / ONECYCLE_FINAL_DIV if onecycle else 0.0
+    # One-cycle reaches its floor on the last step; cosine keeps its historical end (0 one step after the last).
+    decay_steps = max(1, total_steps - warmup - (1 if onecycle else 0))
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
-        if not cosine:
+            return start + (1.0 - start) * step / warmup if onecycle else (step + 1) / warmup
+        if kind == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        progress = min((step - warmup) / decay_steps, 1.0)
+        return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ---- distillation losses ---------------------------------------------------------------------------------
+# ---- losses ----------------------------------------------------------------------------------------------
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with the labels, smoothed: the target puts 1 - smoothing on the label and spreads
+    `smoothing` evenly over all classes (`(1 - s) * CE + s * mean over classes of -log p`)."""
+    return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) on soft labels, the in-place distillation of OFA / BigNAS."""
     return F.kl_div(F.log_softmax(student_logits, -1), F.softmax(teacher_logits, -1), reduction="batchmean")
@@ -131,6 +161,46 @@ def student_loss(distill: DistillSpec, logits: torch.Tensor, teacher: torch.Tens
     if distill.loss == "alpha":
         return alpha_divergence_loss(logits, teacher, distill.alpha_min, distill.alpha_max)
     return distill_loss(logits, teacher)
+
+
+def mean_probability_target(teacher_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The soft target of several teachers (`random_mean`, ElasticViT's): the mean of their softmax
+    probabilities, returned as log-probabilities so that it goes wherever teacher logits go (softmax(log p) = p
+    since p sums to 1). One teacher: its logits as they are."""
+    if len(teacher_logits) == 1:
+        return teacher_logits[0]
+    probabilities = torch.stack([F.softmax(t, -1) for t in teacher_logits]).mean(0)
+    return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+
+# ---- gradient clipping -----------------------------------------------------------------------------------
+def _unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm per output unit (over every dimension but the first); a 0-d or 1-d tensor is one unit."""
+    return torch.linalg.vector_norm(x) if x.ndim <= 1 else \
+        torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def adaptive_clip_(params: Iterable[torch.Tensor], factor: float, eps: float = AGC_EPS) -> None:
+    """Adaptive gradient clipping (AGC, Brock et al. 2021), in place: a unit whose gradient norm exceeds
+    `factor` x max(its weight norm, eps) is scaled down to that norm; other units are unchanged. In a supernet
+    a unit's weight norm spans its full row (also the inputs the step's subnets did not use)."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                continue
+            limit = _unitwise_norm(p).clamp_min(eps) * factor
+            p.grad.mul_((limit / _unitwise_norm(p.grad).clamp_min(1e-6)).clamp(max=1.0))
+
+
+def clip_gradients(params: Sequence[torch.Tensor], clip: ClipSpec) -> None:
+    """Clip the accumulated gradients as `train.clip` says (see ClipSpec)."""
+    limit = clip.limit
+    if clip.kind == "norm":
+        torch.nn.utils.clip_grad_norm_(params, limit)
+    elif clip.kind == "value":
+        torch.nn.utils.clip_grad_value_(params, limit)
+    elif clip.kind == "adaptive":
+        adaptive_clip_(params, limit)  # type: ignore[arg-type]
 
 
 # ---- external teacher ------------------------------------------------------------------------------------
@@ -313,11 +383,13 @@ def step_roles(sampler: ArchSampler, distill: DistillSpec, count: int) -> tuple[
 
 
 def _backward_step(model: Supernet, archs: Sequence[ArchConfig], roles: Sequence[str], images: torch.Tensor,
-                   labels: torch.Tensor, distill: DistillSpec, teacher_model: nn.Module | None) -> list[float]:
-    """Forward and backward every arch of a step, accumulating gradients; returns each arch's cross-entropy.
+                   labels: torch.Tensor, distill: DistillSpec, teacher_model: nn.Module | None,
+                   smoothing: float = 0.0) -> list[float]:
+    """Forward and backward every arch of a step, accumulating gradients; returns each arch's cross-entropy
+    (plain, whatever `smoothing`: the label smoothing of the losses learned from labels).
 
     Teachers and label-learners run first, so the students' soft labels exist when they are needed: the
-    external teacher's logits, else the (mean) detached logits of the step's teachers."""
+    external teacher's logits, else the step's teachers' detached logits (several: `mean_probability_target`)."""
     target: torch.Tensor | None = None
     if teacher_model is not None:
         with torch.no_grad():
@@ -329,16 +401,36 @@ def _backward_step(model: Supernet, archs: Sequence[ArchConfig], roles: Sequence
         logits = model(images)
         if roles[j] == "student":
             if target is None and taught:
-                target = taught[0] if len(taught) == 1 else torch.stack(taught).mean(0)
-            loss = student_loss(distill, logits, target) if target is not None else F.cross_entropy(logits, labels)
+                target = mean_probability_target(taught)
+            loss = student_loss(distill, logits, target) if target is not None else label_loss(logits, labels,
+                                                                                                  smoothing)
             ce[j] = F.cross_entropy(logits.detach(), labels).item()
         else:
-            loss = F.cross_entropy(logits, labels)
-            ce[j] = loss.item()
+            loss = label_loss(logits, labels, smoothing)
+            ce[j] = loss.item() if not smoothing else F.cross_entropy(logits.detach(), labels).item()
             if roles[j] == "teacher":
                 taught.append(logits.detach())
         loss.backward()
     return ce
+
+
+def rescore_on_batch(model: Supernet, sampler: ArchSampler, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """`sampler.rescore(evaluate_loss)`, where evaluate_loss(arch) is the arch's cross-entropy on this batch
+    with the current weights, under no_grad, BatchNorm on batch statistics as in training. The BatchNorm
+    running statistics are restored afterwards: re-scoring leaves no trace in the model."""
+    saved = [buffer.clone() for buffer in model.buffers()]
+
+    def evaluate_loss(arch: ArchConfig) -> float:
+        model.set_active(arch)
+        with torch.no_grad():
+            return F.cross_entropy(model(images), labels).item()
+
+    try:
+        sampler.rescore(evaluate_loss)
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved, strict=True):
+                buffer.copy_(value)
 
 
 def train_supernet(spec: Spec, space: SearchSpace, splits: Splits, run_dir: Path, resume: bool = False,
@@ -392,22 +484,27 @@ def train_supernet(spec: Spec, space: SearchSpace, splits: Splits, run_dir: Path
         sampler.on_epoch_start(epoch)
         epoch_started = time.perf_counter()
         order = torch.randperm(len(splits.y_train), generator=torch.Generator().manual_seed(spec.train.seed + epoch))
+        shifts = epoch_generator(spec.train.seed, epoch)  # per epoch, so a resumed run augments alike
         bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{spec.train.epochs}", disable=not progress,
                    leave=False, unit="step")
         loss_sum, flops_sum, subnet_images, cosines = 0.0, 0.0, 0, []
         for i in bar:
             idx = order[i * batch:(i + 1) * batch]
-            images = splits.x_train[idx].contiguous(memory_format=torch.channels_last)
+            images = augment_batch(splits.x_train[idx], spec.train.augment, shifts)
+            images = images.contiguous(memory_format=torch.channels_last)
             labels = splits.y_train[idx]
             optimizer.zero_grad(set_to_none=True)
             archs = sampler.step(rng)
+            if sampler.rescore_every and step % sampler.rescore_every == 0:
+                rescore_on_batch(model, sampler, images, labels)
             roles = step_roles(sampler, distill, len(archs))
-            ce = _backward_step(model, archs, roles, images, labels, distill, teacher_model)
+            ce = _backward_step(model, archs, roles, images, labels, distill, teacher_model,
+                                spec.train.label_smoothing)
             if cosine is not None:
                 value = cosine.update(params)
                 if value is not None:
                     cosines.append(value)
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            clip_gradients(params, spec.train.gradient_clip)
             optimizer.step()
             schedule.step()
             step += 1

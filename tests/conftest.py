@@ -36,6 +36,9 @@ class Workspace:
         env["NAS_LATENCY_TABLES"] = str(self.path / "latency_tables")
         env["NAS_STORE"] = f"sqlite:///{self.path / 'nas.db'}"
         env["NAS_RUNS"] = str(self.path / "runs")
+        # One intra-op thread per process: on 2 cores shared with Ray workers (or another job), torch's spinning
+        # thread pool makes training 10-25x slower than one thread.
+        env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -206,7 +206,9 @@ def test_random_mean_teacher_is_the_mean_of_the_random_subnets(tiny_spec_path: P
     for step in range(result.steps):
         (a1, o1), (a2, o2), (a3, _) = spy.outputs[3 * step:3 * step + 3]
         assert a3 == space.smallest()  # the student runs after its teachers, although it is listed first
-        assert torch.allclose(spy.targets[step], (o1 + o2) / 2, atol=1e-6)
+        # ElasticViT averages the teachers' probabilities, not their logits
+        assert torch.allclose(F.softmax(spy.targets[step], -1), (F.softmax(o1, -1) + F.softmax(o2, -1)) / 2,
+                              atol=1e-6)
 
 
 def test_alpha_divergence_matches_kl_and_vanishes_at_the_teacher() -> None:
@@ -442,3 +444,198 @@ def test_sampler_state_that_is_not_plain_data_is_refused(tiny_spec_path: Path, t
                                        r"checkpoint") as err:
         train_supernet(spec, space, splits, tmp_path, progress=False)
     _one_line_error(err)
+
+
+# ---- the training recipe: label smoothing, schedules, augmentation (issue 8, item 4) -----------------------
+def test_label_smoothing_spreads_the_target_and_leaves_distillation_alone() -> None:
+    from nas.train import label_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(16, 10), torch.randint(0, 10, (16,))
+    log_p = F.log_softmax(logits, -1)
+    ce = F.nll_loss(log_p, labels)
+    assert torch.allclose(label_loss(logits, labels), ce)  # 0.0 (the default) is today's cross-entropy
+    for eps in (0.1, 0.5):
+        expected = (1 - eps) * ce + eps * (-log_p.mean(-1)).mean()
+        assert torch.allclose(label_loss(logits, labels, eps), expected, atol=1e-6)
+    # A confident right answer costs more with smoothing (it asks for some mass on the other classes).
+    confident = torch.full((1, 10), -10.0)
+    confident[0, 3] = 10.0
+    target = torch.tensor([3])
+    assert label_loss(confident, target, 0.1) > label_loss(confident, target) + 1.0
+
+
+def test_label_smoothing_reaches_the_label_learners_only(tiny_spec_path: Path) -> None:
+    """In a step, the subnets that learn from labels get the smoothed loss; the students' KL and the reported
+    cross-entropy do not change."""
+    from nas.train import _backward_step
+
+    spec, splits, space = _tiny(tiny_spec_path, epochs=1)
+    archs, roles = [space.largest(), space.smallest()], ("teacher", "student")
+    images, labels = splits.x_train[:32], splits.y_train[:32]
+
+    def grads_and_ce(smoothing: float) -> tuple[list[torch.Tensor], list[float]]:
+        torch.manual_seed(0)
+        model = Supernet(space).eval()  # eval: BatchNorm uses its running statistics, so the two runs compare
+        ce = _backward_step(model, archs, roles, images, labels, spec.train.distill, None, smoothing)
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None], ce
+
+    plain_grads, plain_ce = grads_and_ce(0.0)
+    smooth_grads, smooth_ce = grads_and_ce(0.2)
+    assert plain_ce == pytest.approx(smooth_ce)  # reported: the plain cross-entropy, whatever the smoothing
+    assert any(not torch.allclose(a, b) for a, b in zip(plain_grads, smooth_grads, strict=True))
+
+    # Students learn from a teacher's soft labels (here an external one): smoothing does not reach them.
+    def student_grads(smoothing: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = Supernet(space).eval()
+        _backward_step(model, archs, ("student", "student"), images, labels, spec.train.distill,
+                       _Fixed(torch.randn(32, 10, generator=torch.Generator().manual_seed(1))), smoothing)
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    assert all(torch.equal(a, b) for a, b in zip(student_grads(0.0), student_grads(0.3), strict=True))
+
+
+class _Fixed(torch.nn.Module):
+    """An external teacher that always answers the same logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def _factors(kind: str, total: int, warmup_steps: int = 0, warmup_fraction: float | None = None) -> list[float]:
+    from nas.train import schedule_for
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule = schedule_for(optimizer, total, kind, warmup_steps, warmup_fraction)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"] / 2.0)
+        optimizer.step()
+        schedule.step()
+    return factors
+
+
+def test_onecycle_warms_up_to_lr_then_anneals_to_about_zero() -> None:
+    factors = _factors("onecycle", 100, warmup_fraction=0.3)
+    peak = max(range(100), key=lambda i: factors[i])
+    assert peak == 30 and factors[peak] == pytest.approx(1.0)  # the peak is the optimiser's lr
+    assert factors[0] == pytest.approx(1 / 25)  # starts at lr / 25
+    assert all(a < b for a, b in zip(factors[:30], factors[1:31], strict=True))  # linear warm-up
+    assert factors[15] == pytest.approx(1 / 25 + (1 - 1 / 25) * 15 / 30)
+    assert all(a > b for a, b in zip(factors[30:-1], factors[31:], strict=True))  # then strictly down
+    assert factors[-1] == pytest.approx(1 / 25 / 1e4)  # to ~0 on the last step
+    # warmup_steps sizes the warm-up when no fraction is given; a warm-up never takes every step
+    assert max(range(100), key=_factors("onecycle", 100, warmup_steps=10).__getitem__) == 10
+    assert _factors("onecycle", 1, warmup_fraction=0.5) == [pytest.approx(1.0)]
+
+
+def test_cosine_and_constant_schedules_are_unchanged() -> None:
+    cosine = _factors("cosine", 20, warmup_steps=4)
+    assert cosine[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and cosine[4] == pytest.approx(1.0)
+    import math
+
+    assert cosine[12] == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert _factors("constant", 10, warmup_steps=2) == pytest.approx([0.5] + [1.0] * 9)
+    # warmup_fraction sizes any schedule's warm-up
+    assert _factors("cosine", 20, warmup_steps=4, warmup_fraction=0.1)[:2] == pytest.approx([0.5, 1.0])
+
+
+def test_augmentation_is_seeded_and_shape_preserving() -> None:
+    from nas.augment import augment_batch, epoch_generator
+    from nas.spec import AugmentSpec
+
+    torch.manual_seed(0)
+    images = torch.randn(64, 3, 8, 8)
+    spec = AugmentSpec(random_crop=2, hflip=True)
+    a = augment_batch(images, spec, epoch_generator(0, 1))
+    assert a.shape == images.shape and a.dtype == images.dtype
+    assert torch.equal(a, augment_batch(images, spec, epoch_generator(0, 1)))  # same seed and epoch: same batch
+    assert not torch.equal(a, augment_batch(images, spec, epoch_generator(0, 2)))  # another epoch: others
+    assert not torch.equal(a, augment_batch(images, spec, epoch_generator(1, 1)))  # another seed: others
+    assert augment_batch(images, None, epoch_generator(0, 1)) is images  # off: the batch itself
+    # Each image is a shift of itself by at most PAD pixels (edges repeated), mirrored or not: nothing else.
+    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
+    for out, src in zip(a, padded, strict=True):
+        crops = [src[:, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out, c) or torch.equal(out, c.flip(-1)) for c in crops)
+    # Flips are off by default (digits must not be mirrored); a crop alone never mirrors, and some images move.
+    shifted = augment_batch(images, AugmentSpec(random_crop=1), epoch_generator(0, 0))
+    assert not AugmentSpec(random_crop=1).hflip
+    assert sum(not torch.equal(x, y) for x, y in zip(shifted, images, strict=True)) > 32
+    flipped = augment_batch(images, AugmentSpec(hflip=True), epoch_generator(0, 0))
+    mirrored = [torch.equal(x, y.flip(-1)) for x, y in zip(flipped, images, strict=True)]
+    assert all(m or torch.equal(x, y) for m, x, y in zip(mirrored, flipped, images, strict=True))
+    assert 16 < sum(mirrored) < 48
+
+
+def test_recipe_trains_and_resumes_exactly(tiny_spec_path: Path, tmp_path: Path) -> None:
+    """Label smoothing, one-cycle and augmentation together: the loss falls, and a run resumed after its first
+    epoch ends with the uninterrupted run's weights."""
+    torch.set_num_threads(1)
+    spec, splits, space = _tiny(tiny_spec_path, epochs=2, schedule="onecycle", warmup_fraction=0.25,
+                                label_smoothing=0.1, augment={"random_crop": 1})
+    straight = train_supernet(spec, space, splits, tmp_path / "straight", progress=False)
+    crashed = tmp_path / "resumed" / "checkpoints"
+    crashed.mkdir(parents=True)
+    shutil.copy(tmp_path / "straight" / "checkpoints" / "epoch_1.pt", crashed / "epoch_1.pt")
+    resumed = train_supernet(spec, space, splits, tmp_path / "resumed", resume=True, progress=False)
+    a = torch.load(straight.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    losses = [epoch["mean_loss"] for epoch in straight.epoch_metrics]
+    assert losses[1] < losses[0] and losses == [epoch["mean_loss"] for epoch in resumed.epoch_metrics]
+    # augmentation changes what is learned (the same run without it ends elsewhere)
+    plain = _spec(tiny_spec_path, epochs=1, schedule="onecycle", warmup_fraction=0.25, label_smoothing=0.1)
+    augmented = plain.model_copy(update={"train": plain.train.model_copy(update={"augment": spec.train.augment})})
+    c = torch.load(train_supernet(plain, space, splits, tmp_path / "p", progress=False).checkpoint,
+                   weights_only=True)["model"]
+    d = torch.load(train_supernet(augmented, space, splits, tmp_path / "a", progress=False).checkpoint,
+                   weights_only=True)["model"]
+    assert any(not torch.equal(c[name], d[name]) for name in c)
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"label_smoothing": 0.6}, "train.label_smoothing: Input should be less than or equal to 0.5 (got 0.6)"),
+        ({"label_smoothing": -0.1}, "train.label_smoothing: Input should be greater than or equal to 0"),
+        ({"label_smoothing": "0.1"}, "train.label_smoothing: Input should be a valid number"),
+        ({"schedule": "linear"}, "train.schedule: Input should be 'cosine', 'constant' or 'onecycle' (got 'linear')"),
+        ({"warmup_fraction": 1.0}, "train.warmup_fraction: Input should be less than 1 (got 1.0)"),
+        ({"warmup_fraction": -0.5}, "train.warmup_fraction: Input should be greater than or equal to 0"),
+        ({"augment": {"random_crop": 65}}, "train.augment.random_crop: Input should be less than or equal to 64"),
+        ({"augment": {"random_crop": -1}}, "train.augment.random_crop: Input should be greater than or equal to 0"),
+        ({"augment": {"hflip": "yes"}}, "train.augment.hflip: Input should be a valid boolean (got 'yes')"),
+        ({"augment": {"crop": 2}}, "train.augment.crop: unknown key 'crop'; known keys: hflip, random_crop"),
+        ({"augment": "light"}, "train.augment: Input should be a valid dictionary"),
+    ],
+)
+def test_recipe_options_are_validated_in_one_line(tiny_spec_path: Path, train: dict, expected: str) -> None:
+    from nas.errors import SpecError
+
+    raw = yaml.safe_load(tiny_spec_path.read_text())
+    raw["train"].update(train)
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, "tiny.yaml")
+    assert str(err.value).startswith("tiny.yaml: ") and "\n" not in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_recipe_defaults_keep_todays_training_and_round_trip(tiny_spec_path: Path) -> None:
+    spec = _spec(tiny_spec_path)
+    assert (spec.train.label_smoothing, spec.train.schedule, spec.train.augment) == (0.0, "cosine", None)
+    assert spec.train.warmup_fraction is None
+    onecycle = _spec(tiny_spec_path, schedule="onecycle")  # tiny.yaml names warmup_steps: they size it
+    assert onecycle.train.warmup_fraction is None
+    raw = yaml.safe_load(tiny_spec_path.read_text())
+    del raw["train"]["warmup_steps"]
+    raw["train"].update(schedule="onecycle", augment={"random_crop": 0, "hflip": False})
+    spec = parse_spec(raw, "tiny")
+    assert spec.train.warmup_fraction == 0.3 and spec.train.augment is None  # nothing on: no augmentation
+    assert parse_spec(spec.to_dict(), "again") == spec

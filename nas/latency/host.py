@@ -133,14 +133,16 @@ def block_module(block: Block) -> tuple[nn.Module, torch.Tensor]:
     if b.kind == "stem":
         return static_model.ConvBNAct(b.cin, b.cout, b.kernel, b.stride), image
     if b.kind in ("mbconv", "transds"):
-        return static_model.MBConv(b.cin, b.cout, b.expand, b.kernel, b.stride, b.se), image
+        return static_model.MBConv(b.cin, b.cout, b.expand, b.kernel, b.stride, b.se, b.shortcut,
+                                   b.expand_conv), image
     tokens = image.flatten(2).transpose(1, 2)  # TransformerStage's channel-major view
     if b.kind == "attn":
-        return static_model.Attention(b.cin, b.head_dim, b.v_scale), tokens
+        return static_model.Attention(b.cin, b.head_dim, b.v_scale, b.hw, b.v_dwconv, b.rel_pos_bias, b.proj_act,
+                                      b.qkv_bias), tokens
     if b.kind == "ffn":
         return static_model.FeedForward(b.cin, b.mlp_ratio), tokens
     if b.kind == "head":
-        return static_model.Head(b.cin, b.cout, b.num_classes), image
+        return static_model.Head(b.cin, b.cout, b.num_classes, b.final), image
     raise ValueError(f"unknown block kind {b.kind!r}")
 
 

@@ -31,19 +31,32 @@ class Prediction:
 
 
 def elasticvit_head(block: Block) -> Block:
-    """Our head (1x1 conv cin -> C, pool, linear C -> classes, `expand` 0) as the measured ElasticViT head
-    (1x1 conv cin -> expand * cin, pool, linear -> 1984): C is mapped to the nearest expand ratio."""
+    """Our head (1x1 conv cin -> C, pool, [linear C -> F + hard-swish], linear -> classes, `expand` 0) as the
+    measured ElasticViT head (1x1 conv cin -> expand * cin, pool, linear -> 1984): C is mapped to the nearest
+    expand ratio, and the final width F (1984 when our head has no final layer) to the measured one."""
     if block.kind == "head" and block.expand == 0:
-        return replace(block, expand=max(1, round(block.cout / block.cin)), cout=1984, num_classes=0)
+        return replace(block, expand=max(1, round(block.cout / block.cin)), cout=block.final or 1984, num_classes=0,
+                       final=0)
     return block
 
 
 def measured_form(block: Block) -> Block:
-    """A block of our spaces in the form the phone tables (nn-Meter keys) describe it: our head as the
-    ElasticViT head (`elasticvit_head`), and our transformer downsample, whose depthwise kernel is always 3,
-    without the kernel field (nn-Meter's `transds` keys carry none: their kernel is fixed at 3)."""
-    if block.kind == "transds" and block.kernel == 3:
-        return replace(block, kernel=0)
+    """A block of our spaces in the form the phone tables (nn-Meter keys) describe it.
+
+    nn-Meter's keys name none of the options of ElasticViT's build, which its blocks all have: the avg-pool +
+    1x1 conv shortcut and the depthwise-separable expand-1 block (mbconv, transds), squeeze-excite in the
+    transformer downsample (whose depthwise kernel is fixed at 3, so its key has no kernel), the depthwise conv
+    on V, relative position bias, hard-swish before the projection and bias-free q/k/v (attn), the final 1984
+    layer (head, see `elasticvit_head`). Our format-2 fields for them are dropped here: a block built with
+    ElasticViT's options is then exactly a measured block. A block built without them (the defaults) maps to
+    the same form, i.e. is priced as ElasticViT's block, as before those options existed."""
+    if block.kind in ("mbconv", "transds"):
+        block = replace(block, shortcut="none", expand_conv=True)
+        if block.kind == "transds":
+            block = replace(block, se=False, kernel=0 if block.kernel == 3 else block.kernel)
+        return block
+    if block.kind == "attn":
+        return replace(block, v_dwconv=False, rel_pos_bias=False, proj_act=False, qkv_bias=True)
     return elasticvit_head(block)
 
 
