@@ -44,7 +44,6 @@ committed: copy it next to RESULTS.md to embed it), and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -63,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, machine, run_nas, workspace_env  # noqa: E402
 from benchmarks.plot import Panel, Series, save_scatter  # noqa: E402
+from nas.export import load_export  # noqa: E402  (an export loaded the way its README says)
 
 REACH_MARGIN = 0.003  # 0.3 points of accuracy
 HOST_RESOLUTION = 28
@@ -255,17 +255,6 @@ def reached_by(baseline: dict[str, Any], front: Sequence[dict[str, Any]]) -> str
 
 # ---- the front -----------------------------------------------------------------------------------------------
 
-def load_exported(folder: Path) -> nn.Module:
-    """An export loaded the way its README says (its own model.py, network.json, weights.pt; no nas import)."""
-    spec = importlib.util.spec_from_file_location(f"export_{abs(hash(str(folder)))}", folder / "model.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.build(json.loads((folder / "network.json").read_text()))
-    net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
-    return net.eval()
-
-
 def export_test_images(folder: Path) -> torch.Tensor:
     """The Fashion-MNIST test images preprocessed as the export's preprocess.json says."""
     from nas.data import FASHION_MNIST_DIR, read_idx
@@ -309,7 +298,7 @@ def read_front(store_url: str, job_id: int, target: str | None, cwd: Path, env: 
             log(f"exporting c{cid} (no export in {run_dir / 'exports'})")
             run_nas(["export", str(cid), "--out", str(folder), "--store", store_url], cwd, env)
         log(f"c{cid}: loading and testing {folder}")
-        model = load_exported(folder)
+        model = load_export(folder)
         network = json.loads((folder / "network.json").read_text())
         resolution = network.get("resolution", HOST_RESOLUTION)
         macs = count_macs(model, resolution, network.get("in_channels", IN_CHANNELS))

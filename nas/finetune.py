@@ -17,7 +17,6 @@ Everything is seeded: the same candidate, recipe and seed give the same weights.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from nas.files import exclusive_lock, write_atomic
 from nas.space import ArchConfig
 from nas.spec import ONECYCLE_WARMUP_FRACTION, AugmentSpec, FinetuneSpec, Spec
 from nas.store import CandidateRecord, Metric, Store
-from nas.train import _first_line, distill_loss, label_loss, schedule_for
+from nas.train import _first_line, distill_loss, label_loss, load_weights_only, schedule_for
 
 if TYPE_CHECKING:
     from nas.data import Splits
@@ -203,9 +202,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Fine-tuned weights (a state dict of tensors, loaded with `weights_only=True`, so a crafted file cannot run
     code); a missing or damaged file is a one-line NASError."""
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it will refuse anyway
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except FileNotFoundError:
         reason = "no such file"
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on unusable files

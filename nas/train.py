@@ -346,13 +346,19 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def load_weights_only(path: Path) -> Any:
+    """`torch.load` with `weights_only=True` on the CPU (tensors and plain data only, so a crafted file cannot run
+    code), without torch's warning about the pickle protocol of files it refuses anyway."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: Path, what: str, hint: str) -> dict[str, Any]:
-    """A checkpoint written by this module, loaded with `weights_only=True` (tensors and plain data only, so a
-    crafted file cannot run code); any failure is one NASError line naming the file, the reason and `hint`."""
+    """A checkpoint written by this module, loaded with `load_weights_only`; any failure is one NASError line
+    naming the file, the reason and `hint`."""
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it will refuse anyway
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except FileNotFoundError:
         reason = "no such file"
     except pickle.UnpicklingError as exc:

@@ -99,7 +99,7 @@ def test_load_exported_reads_an_export_folder(tmp_path):
     shutil.copyfile(static_model.__file__, tmp_path / "model.py")
     (tmp_path / "network.json").write_text(json.dumps(network))
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    loaded = baselines.load_exported(tmp_path)
+    loaded = baselines.load_export(tmp_path)
     x = torch.randn(1, 1, arch.resolution, arch.resolution)
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
