@@ -9,6 +9,9 @@ proposed again is told its known result and not evaluated twice.
 The same replay makes a search resumable: started again with the results already stored, the study asks
 exactly the same trials as the interrupted run did (same seed, same answers), so the stored archs are told
 from the store and only the rest is evaluated.
+
+The first batch starts with the space's smallest and largest archs (Optuna's `enqueue_trial`): the ends of
+every front a user reads, which a random first generation of a space of millions of archs almost never holds.
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ def make_sampler(engine: str, seed: int, population: int) -> Any:
     return factory(seed, population)
 
 
+def extreme_choices(space: SearchSpace) -> list[dict[str, Any]]:
+    """The dimension values of the space's smallest and largest archs (each dimension at its least / greatest
+    choice; checked against `smallest()` / `largest()`, and left out where the two differ)."""
+    dims = space.dimensions()
+    ends = [({name: min(choices) for name, choices in dims}, space.smallest()),
+            ({name: max(choices) for name, choices in dims}, space.largest())]
+    return [values for values, arch in ends if space.from_choices(values) == arch]
+
+
 @dataclass
 class _Asked:
     trial: Any  # optuna.Trial
@@ -96,6 +108,8 @@ class BatchedStudy:
                                                      for _, _, up in problem.objectives], sampler=sampler)
         self.distributions = {name: optuna.distributions.CategoricalDistribution(list(choices))
                               for name, choices in space.dimensions()}
+        for extreme in extreme_choices(space):
+            self.study.enqueue_trial(extreme)
         self.stored = dict(stored or {})
         self.results: dict[str, CandidateResult | None] = {}  # every distinct arch of this run, in ask order
         self.reused: list[CandidateResult] = []  # stored results this run told instead of evaluating

@@ -68,8 +68,9 @@ class Evaluator:
 
 
 def make_evaluator(supernet: Supernet, x_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                   val_images: int | None = None) -> Evaluator:
-    """An evaluator using the first training images for calibration and (a prefix of) the validation split."""
+                   val_images: int | None = None, calibration_images: int = CALIBRATION_IMAGES) -> Evaluator:
+    """An evaluator using the first `calibration_images` training images for calibration (`search.
+    calibration_images`) and (a prefix of) the validation split (`search.val_images`)."""
     limit = len(y_val) if val_images is None else min(val_images, len(y_val))
-    return Evaluator(supernet.eval(), x_train[:CALIBRATION_IMAGES].clone(), x_val[:limit].clone(),
+    return Evaluator(supernet.eval(), x_train[:calibration_images].clone(), x_val[:limit].clone(),
                      y_val[:limit].clone())

@@ -16,16 +16,20 @@ Everything is seeded: the same candidate, recipe and seed give the same weights.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from nas import static_model
 from nas.augment import augment_batch, epoch_generator
 from nas.errors import NASError
 from nas.evaluate import Evaluator, accuracy, calibrate_batchnorm
@@ -65,7 +69,8 @@ class Recipe:
         """The recipe of a job's spec: `search.finetune` (or its defaults), the training's optimiser settings,
         augmentation, batch size and the search seed; the keyword arguments override it."""
         tune = spec.search.finetune or FinetuneSpec()
-        return cls(epochs=epochs if epochs is not None else tune.epochs,
+        default = tune.epochs if isinstance(tune.epochs, int) else tune.epochs[-1]  # a list: the largest pick's
+        return cls(epochs=epochs if epochs is not None else default,
                    lr=lr if lr is not None else (tune.lr or spec.train.optimizer.lr),
                    weight_decay=spec.train.optimizer.weight_decay,
                    label_smoothing=label_smoothing if label_smoothing is not None else tune.label_smoothing,
@@ -166,6 +171,14 @@ def finetune_candidate(store: Store, record: CandidateRecord, ctx: Context, eval
     arch = ArchConfig.from_dict(record.arch)
     model, losses = finetune_subnet(evaluator, arch, ctx.splits, recipe, progress=progress,
                                     desc=f"finetune c{record.candidate_id}")
+    return _keep(store, record, ctx, evaluator, run_dir, recipe, model, losses, time.perf_counter() - started, log)
+
+
+def _keep(store: Store, record: CandidateRecord, ctx: Context, evaluator: Evaluator, run_dir: Path, recipe: Recipe,
+          model: nn.Module, losses: Sequence[float], seconds: float,
+          log: Callable[[str], None] | None) -> FinetuneResult:
+    """Score a fine-tuned, calibrated subnet on the validation and test images, save its weights and store them
+    with its metrics (together, under a lock)."""
     val = accuracy(model, evaluator.x_val, evaluator.y_val)
     test = accuracy(model, ctx.splits.x_test, ctx.splits.y_test)
     path = weights_path(run_dir, record.candidate_id).resolve()
@@ -178,12 +191,78 @@ def finetune_candidate(store: Store, record: CandidateRecord, ctx: Context, eval
                                                 Metric("finetune_epochs", float(recipe.epochs))])
         store.put_artifact(FINETUNED_ARTIFACT, str(record.candidate_id), str(path))
     result = FinetuneResult(record.candidate_id, recipe.epochs, val, test, record.metric("accuracy"),
-                            record.metric("test_accuracy"), path, time.perf_counter() - started, tuple(losses))
+                            record.metric("test_accuracy"), path, seconds, tuple(losses))
     if log is not None:
         log(f"fine-tuned candidate {record.candidate_id} for {recipe.epochs} epoch(s) in {result.seconds:.0f} s: "
             f"validation accuracy {_pct(result.inherited_accuracy)} -> {_pct(val)}, "
             f"test {_pct(result.inherited_test_accuracy)} -> {_pct(test)}")
     return result
+
+
+# ---- several subnets at once: one process per core, one thread each ---------------------------------------
+_WORKER_DATA: dict[str, Any] = {}
+
+
+def _init_worker(x_train: torch.Tensor, y_train: torch.Tensor) -> None:
+    torch.set_num_threads(1)
+    _WORKER_DATA.update(x=x_train, y=y_train)
+
+
+#: (description, inherited state, teacher description or None, teacher state or None, recipe)
+_Job = tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, dict[str, torch.Tensor] | None, Recipe]
+
+
+def _train_in_worker(job: _Job) -> tuple[dict[str, torch.Tensor], list[float], float]:
+    """Train one subnet (its description and inherited weights) in a worker: its state dict, epoch losses and
+    seconds."""
+    description, state, teacher_description, teacher_state, recipe = job
+    started = time.perf_counter()
+    model = static_model.build(description)
+    model.load_state_dict(state)
+    teacher = None
+    if teacher_description is not None and teacher_state is not None:
+        teacher = static_model.build(teacher_description)
+        teacher.load_state_dict(teacher_state)
+        teacher.eval().requires_grad_(False)
+    data = _TrainData(_WORKER_DATA["x"], _WORKER_DATA["y"])
+    losses = train_subnet(model, data, recipe, teacher)  # type: ignore[arg-type]
+    return model.state_dict(), losses, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class _TrainData:
+    """What `train_subnet` reads of a `Splits`."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+
+
+def _train_parallel(evaluator: Evaluator, archs: Sequence[ArchConfig], splits: Splits, recipes: Sequence[Recipe],
+                    workers: int) -> list[tuple[nn.Module, list[float], float]]:
+    """Fine-tune `archs` in `workers` spawned processes (one thread each: two single-threaded trainings use
+    a 2-core machine ~1.7x better than one two-threaded after the other); each subnet calibrated, in eval
+    mode, with its epoch losses and training seconds, in the order of `archs`."""
+    space = evaluator.supernet.space
+    teacher_description = teacher_state = None
+    if any(recipe.distill > 0 for recipe in recipes):
+        largest = space.largest()
+        teacher_description, teacher_state = space.describe(largest), evaluator.subnet(largest).state_dict()
+    # The costliest first (longest-processing-time order), so the last to start is a short one.
+    order = sorted(range(len(archs)), key=lambda i: (-space.flops(archs[i]) * recipes[i].epochs, i))
+    jobs = [(space.describe(archs[i]), evaluator.subnet(archs[i]).state_dict(), teacher_description, teacher_state,
+             recipes[i]) for i in order]
+    context = multiprocessing.get_context("spawn")  # never fork a process whose OpenMP pool is running
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(splits.x_train, splits.y_train)) as pool:
+        done = dict(zip(order, pool.map(_train_in_worker, jobs), strict=True))
+    trained = [done[i] for i in range(len(archs))]
+    out = []
+    for arch, (state, losses, seconds) in zip(archs, trained, strict=True):
+        model = static_model.build(space.describe(arch))
+        model.load_state_dict(state)
+        calibrate_batchnorm(model, evaluator.calibration)
+        out.append((model.eval(), losses, seconds))
+    return out
 
 
 def _pct(value: float | None) -> str:
@@ -216,20 +295,43 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                    f"`nas finetune`")
 
 
+def pick_members(records: Sequence[CandidateRecord], top: int, pick: str) -> list[CandidateRecord]:
+    """`search.finetune.pick` over front members: `spread` takes `top` evenly spaced by MACs (ties by id; the
+    smallest and the largest always), `accuracy` the `top` most accurate by validation accuracy (then id)."""
+    if pick == "accuracy":
+        return sorted(records, key=lambda r: (-(r.metric("accuracy") or 0.0), r.candidate_id))[:top]
+    by_macs = sorted(records, key=lambda r: (r.metric("flops") or 0.0, r.candidate_id))
+    if top >= len(by_macs):
+        return by_macs
+    if top == 1:
+        return pick_members(records, 1, "accuracy")
+    last = len(by_macs) - 1
+    return [by_macs[i] for i in sorted({round(k * last / (top - 1)) for k in range(top)})]
+
+
 def finetune_front(store: Store, ctx: Context, evaluator: Evaluator, candidate_ids: Sequence[int], run_dir: Path,
-                   log: Callable[[str], None] | None = None) -> list[FinetuneResult]:
-    """`search.finetune`: fine-tune the `top` most accurate of `candidate_ids` (the members of all the job's
-    fronts; by validation accuracy, then id). A candidate already fine-tuned for as many epochs whose weights
-    are still there is kept as it is, so a resumed job does not fine-tune twice."""
+                   log: Callable[[str], None] | None = None, workers: int | None = None) -> list[FinetuneResult]:
+    """`search.finetune`: fine-tune `top` of `candidate_ids` (the members of all the job's fronts) chosen by
+    `pick` (see `pick_members`), on `workers` processes at once (default: `search.workers`, at most one per
+    core). A candidate already fine-tuned for as many epochs whose weights are still there is kept as it is, so a
+    resumed job does not fine-tune twice."""
     tune = ctx.spec.search.finetune
     if tune is None or not candidate_ids:
         return []
     records = [store.candidate(cid) for cid in candidate_ids]
-    ranked = sorted(records, key=lambda r: (-(r.metric("accuracy") or 0.0), r.candidate_id))[:tune.top]
-    recipe = Recipe.from_spec(ctx.spec)
-    done = []
-    for record in ranked:
-        if record.metric("finetune_epochs") == float(recipe.epochs) and finetuned_weights(store, record):
-            continue
-        done.append(finetune_candidate(store, record, ctx, evaluator, run_dir, recipe, log=log))
-    return done
+    picked = pick_members(records, tune.top, tune.pick)
+    by_macs = sorted(picked, key=lambda r: (r.metric("flops") or 0.0, r.candidate_id))
+    base = Recipe.from_spec(ctx.spec)
+    recipes = {r.candidate_id: replace(base, epochs=tune.epochs_for(by_macs.index(r), len(by_macs))) for r in picked}
+    todo = [r for r in picked if not (r.metric("finetune_epochs") == float(recipes[r.candidate_id].epochs)
+                                      and finetuned_weights(store, r))]
+    workers = min(workers or ctx.spec.search.workers, os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        return [finetune_candidate(store, r, ctx, evaluator, run_dir, recipes[r.candidate_id], log=log) for r in todo]
+    if log is not None:
+        epochs = ", ".join(f"c{r.candidate_id}: {recipes[r.candidate_id].epochs}" for r in todo)
+        log(f"fine-tuning {len(todo)} candidates on {workers} processes (epochs {epochs})")
+    trained = _train_parallel(evaluator, [ArchConfig.from_dict(r.arch) for r in todo], ctx.splits,
+                              [recipes[r.candidate_id] for r in todo], workers)
+    return [_keep(store, record, ctx, evaluator, run_dir, recipes[record.candidate_id], model, losses, seconds, log)
+            for record, (model, losses, seconds) in zip(todo, trained, strict=True)]

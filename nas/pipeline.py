@@ -219,7 +219,7 @@ def _run_job(job_id: int, ctx: Context, supernet: Supernet, models: dict[str, La
     try:
         with Heartbeat(store, job_id, os.getpid()):
             evaluator = make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val,
-                                       spec.search.val_images)
+                                       spec.search.val_images, spec.search.calibration_images)
             payload: dict[str, Any] = {
                 "key": f"{ctx.supernet_key}-{job_id}",
                 "space": spec.space.model_dump(mode="json"),
@@ -339,7 +339,7 @@ def _candidate_context(store: Store, record: CandidateRecord) -> tuple[Context, 
                        f"({found or 'never stored'}); retrain it with `nas train` on the job's spec")
     supernet = load_supernet(ctx.space, Path(found))
     return ctx, make_evaluator(supernet, ctx.splits.x_train, ctx.splits.x_val, ctx.splits.y_val,
-                               spec.search.val_images)
+                               spec.search.val_images, spec.search.calibration_images)
 
 
 def finetune_stored(store: Store, candidate_id: int, log: Log, epochs: int | None = None, lr: float | None = None,

@@ -80,24 +80,26 @@ def input_shape(spec: Spec) -> tuple[int, int]:
 
 def price(spec: Spec, arch: ArchConfig, targets: Sequence[str], in_channels: int, num_classes: int,
           where: str = "spec") -> dict[str, Any]:
-    """Params, MACs (`flops`, at the arch's resolution) and per target the latency (at the deploy resolution)
-    and its flag ("" or e.g. `out_of_range`) of `arch`, a member of `spec`'s space."""
+    """Params, MACs (`flops`, at the arch's resolution) and per target the latency (at the deploy resolution),
+    its flag ("" or e.g. `out_of_range`) and the keys of the blocks outside what the target's model was fitted on
+    (`out_of_range_blocks`), of `arch`, a member of `spec`'s space."""
     space = SearchSpace.from_spec(spec, in_channels, num_classes)
     try:
         space.validate_arch(arch)
     except ValueError as exc:
         raise NASError(f"{where}: {exc}") from None
     blocks = space.blocks(arch)
-    latency, flags = {}, {}
+    latency, flags, outside = {}, {}, {}
     for name in dict.fromkeys(targets):
         model = load_target(name)
         model.check_covers(blocks)
         prediction = model.predict(blocks)
         latency[name], flags[name] = prediction.ms, prediction.flag
+        outside[name] = [block.key() for block in blocks if not model.predict_block(block)[1]]
     return {"arch": arch.to_dict(), "arch_hash": arch.arch_hash(), "resolution": arch.resolution,
             "deploy_resolution": space.deploy_resolution_for(arch), "in_channels": in_channels,
             "num_classes": num_classes, "params": space.params(arch), "flops": space.flops(arch),
-            "latency_ms": latency, "flags": flags}
+            "latency_ms": latency, "flags": flags, "out_of_range_blocks": outside}
 
 
 def price_arch(spec_path: str | Path, targets: Sequence[str], preset: str | None = None,

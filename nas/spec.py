@@ -52,8 +52,9 @@ MAX_EPOCHS = 100_000  # train.epochs, sampler probability every_epochs
 MAX_STEPS = 1_000_000_000  # train.warmup_steps
 MAX_CROP_PAD = 64  # train.augment.random_crop (pixels of padding)
 MAX_BATCH_SIZE = 65_536  # data.batch_size
-MAX_IMAGES = 2**31 - 1  # data.limit, search.val_images
+MAX_IMAGES = 2**31 - 1  # data.limit, search.val_images, search.calibration_images
 MAX_CANDIDATES = 1_000_000  # search.candidates, search.population
+MAX_FINETUNE_EPOCH_LIST = 64  # search.finetune.epochs as a list
 MAX_WORKERS = 1024  # search.workers, train.threads
 MAX_SUBNETS = 64  # subnets per training step (train.num_random, sampler step)
 MAX_BUCKETS = 1024  # complexity-aware FLOPs buckets
@@ -818,14 +819,38 @@ class TrainSpec(_Strict):
 
 
 class FinetuneSpec(_Strict):
-    """`search.finetune`: after the fronts are written, fine-tune the `top` most accurate members of the
-    Pareto fronts (all targets' fronts together, ranked by validation accuracy) for `epochs` each, before they
-    are exported. Each subnet trains alone with AdamW (`lr`, default train.optimizer.lr; weight decay
-    train.optimizer.weight_decay), a one-cycle schedule, `label_smoothing` and train.augment; `distill` is the
-    weight (0..1) of a KL term to the supernet's largest subnet, the rest going to the labels."""
+    """`search.finetune`: after the fronts are written, fine-tune `top` members of the Pareto fronts (all
+    targets' fronts together) for `epochs` each (or a list: one entry per pick, fewest MACs first; see
+    `epochs_for`), before they are exported. `pick`: `spread` (default) takes
+    them evenly along the front by MACs, smallest and largest included, so the whole front a user deploys from
+    is fine-tuned; `accuracy` takes the most accurate by validation accuracy. Each subnet trains alone with
+    AdamW (`lr`, default train.optimizer.lr; weight decay train.optimizer.weight_decay), a one-cycle schedule,
+    `label_smoothing` and train.augment; `distill` is the weight (0..1) of a KL term to the supernet's largest
+    subnet, the rest going to the labels."""
 
     top: _upto(MAX_CANDIDATES) = 3
-    epochs: _upto(MAX_EPOCHS) = 2
+    epochs: int | list[int] = 2
+    pick: Literal["spread", "accuracy"] = "spread"
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_FINETUNE_EPOCH_LIST:
+            raise ValueError(f"a list of epochs needs 1 to {MAX_FINETUNE_EPOCH_LIST} entries, got {len(value)}")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_EPOCHS:
+                raise ValueError(f"epochs must be an integer in 1..{MAX_EPOCHS} or a list of them, got {item!r}")
+        return value
+
+    def epochs_for(self, rank: int, count: int) -> int:
+        """Epochs of the `rank`-th (0 = fewest MACs) of `count` picked members: `epochs` itself, or from a list
+        (the smallest pick first; small subnets train fast and gain most from more epochs) the entry at the
+        same relative position, so the smallest gets the first and the largest the last."""
+        if isinstance(self.epochs, int):
+            return self.epochs
+        last = len(self.epochs) - 1
+        return self.epochs[round(rank * last / (count - 1)) if count > 1 else 0]
     lr: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = None
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     distill: UnitFloat = 0.0
@@ -838,6 +863,7 @@ class SearchSpec(_Strict):
     seed: Seed = 0
     workers: _upto(MAX_WORKERS) = 2
     val_images: _upto(MAX_IMAGES) | None = None
+    calibration_images: _upto(MAX_IMAGES) = 2000  # training images that re-estimate a subnet's BatchNorm
     finetune: FinetuneSpec | None = None
 
 

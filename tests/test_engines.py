@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from nas.engines import ENGINES, BatchedStudy, make_sampler
+from nas.engines import ENGINES, BatchedStudy, extreme_choices, make_sampler
 from nas.errors import NASError
 from nas.problem import CandidateResult, Problem
 from nas.space import ArchConfig, SearchSpace
@@ -136,3 +136,18 @@ def test_a_failed_evaluation_is_told_as_failed_and_counts(setting) -> None:
 def test_unknown_engine_lists_the_known_ones() -> None:
     with pytest.raises(NASError, match="known: .*nsga2"):
         make_sampler("annealing", 0, 4)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_search_starts_with_the_smallest_and_the_largest_arch(setting, engine: str) -> None:
+    """The ends of every front: asked first whatever the engine, then the engine's own proposals."""
+    _, space, _ = setting
+    archs, _ = run(setting, engine, 8, workers=2)
+    assert archs[:2] == [space.smallest().arch_hash(), space.largest().arch_hash()]
+    assert len(set(archs)) == 8
+
+
+def test_extreme_choices_rebuild_the_smallest_and_the_largest(setting) -> None:
+    _, space, _ = setting
+    ends = extreme_choices(space)
+    assert [space.from_choices(values) for values in ends] == [space.smallest(), space.largest()]

@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,20 @@ from nas import static_model
 from nas.errors import NASError, SpecError
 from nas.evaluate import Evaluator, accuracy, make_evaluator
 from nas.export import load_export
-from nas.finetune import FINETUNED_ARTIFACT, Recipe, finetune_front, finetune_subnet, load_weights, weights_path
+from nas.finetune import (
+    FINETUNED_ARTIFACT,
+    Recipe,
+    _train_parallel,
+    finetune_front,
+    finetune_subnet,
+    load_weights,
+    pick_members,
+    weights_path,
+)
 from nas.problem import CandidateResult
 from nas.space import ArchConfig
-from nas.spec import parse_spec
-from nas.store import Metric, Store
+from nas.spec import FinetuneSpec, parse_spec
+from nas.store import CandidateRecord, Metric, Store
 
 
 @dataclass
@@ -137,12 +147,13 @@ def test_finetuning_is_deterministic_and_distillation_is_optional(job: Job) -> N
 
 
 def test_search_finetune_tunes_the_most_accurate_members_once(job: Job, tmp_path: Path) -> None:
-    """`search.finetune: {top: 2}` over a front of three: the two most accurate by validation accuracy; asked
-    again (a resumed job), nothing is fine-tuned twice."""
+    """`search.finetune: {top: 2, pick: accuracy}` over a front of three: the two most accurate by validation
+    accuracy; asked again (a resumed job), nothing is fine-tuned twice."""
     store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
     spec = job.ctx.spec
     tuned_spec = parse_spec({**spec.to_dict(), "search": {**spec.to_dict()["search"],
-                                                         "finetune": {"top": 2, "epochs": 1}}}, "tiny")
+                                                         "finetune": {"top": 2, "epochs": 1,
+                                                                      "pick": "accuracy"}}}, "tiny")
     ctx = pipeline.Context(tuned_spec, job.ctx.splits, job.ctx.space)
     job_id = store.create_job("tiny", tuned_spec.to_dict(), tuned_spec.spec_hash(), ["host"], str(tmp_path / "run"))
     ids = []
@@ -178,17 +189,61 @@ def test_damaged_finetuned_weights_are_one_line_errors(job: Job, tmp_path: Path)
     assert "\n" not in str(err.value)
 
 
+def test_parallel_finetuning_gives_the_weights_of_one_after_the_other(job: Job) -> None:
+    """Two subnets fine-tuned on two spawned processes (one thread each, as the tests run) end bit-identical to
+    the same recipe run in this process, calibrated and in eval mode, in the order asked."""
+    recipe = Recipe.from_spec(job.ctx.spec, epochs=1, distill=0.3)
+    archs = [job.ctx.space.smallest(), job.ctx.space.sample(random.Random(3))]
+    trained = _train_parallel(job.evaluator, archs, job.ctx.splits, [recipe, recipe], workers=2)
+    for arch, (model, losses, seconds) in zip(archs, trained, strict=True):
+        alone, alone_losses = finetune_subnet(job.evaluator, arch, job.ctx.splits, recipe)
+        assert losses == alone_losses and seconds > 0 and not model.training
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), alone.state_dict().values(),
+                                                     strict=True))
+
+
+def _record(candidate_id: int, accuracy_: float, macs: float) -> CandidateRecord:
+    return CandidateRecord(candidate_id=candidate_id, job_id=1, arch={}, arch_hash=str(candidate_id),
+                           created_at=datetime.now(UTC), pareto_targets=(),
+                           metrics=(Metric("accuracy", accuracy_), Metric("flops", macs)))
+
+
+def test_spread_pick_covers_the_front_from_smallest_to_largest() -> None:
+    """`pick: spread` (the default): members evenly spaced by MACs, the smallest and the largest always; the
+    most accurate alone when one is asked; everything when asked for more than there are."""
+    front = [_record(i, acc, macs) for i, acc, macs in
+             ((1, 0.90, 5e6), (2, 0.80, 1e6), (3, 0.85, 2e6), (4, 0.88, 3e6), (5, 0.89, 4e6))]
+    assert [r.candidate_id for r in pick_members(front, 3, "spread")] == [2, 4, 1]
+    assert [r.candidate_id for r in pick_members(front, 2, "spread")] == [2, 1]
+    assert [r.candidate_id for r in pick_members(front, 1, "spread")] == [1]
+    assert [r.candidate_id for r in pick_members(front, 9, "spread")] == [2, 3, 4, 5, 1]
+    assert [r.candidate_id for r in pick_members(front, 2, "accuracy")] == [1, 5]
+    assert FinetuneSpec().pick == "spread"
+
+
+def test_a_list_of_epochs_gives_the_smallest_pick_the_first_and_the_largest_the_last() -> None:
+    tune = FinetuneSpec(top=3, epochs=[6, 4, 3])
+    assert [tune.epochs_for(i, 3) for i in range(3)] == [6, 4, 3]
+    assert [tune.epochs_for(i, 2) for i in range(2)] == [6, 3]  # a front of two: the ends
+    assert tune.epochs_for(0, 1) == 6 and FinetuneSpec(epochs=5).epochs_for(2, 3) == 5
+    assert [FinetuneSpec(epochs=[8, 2]).epochs_for(i, 5) for i in range(5)] == [8, 8, 8, 2, 2]
+
+
 @pytest.mark.parametrize(
     ("finetune", "expected"),
     [
         ({"top": 0}, "search.finetune.top: Input should be greater than 0 (got 0)"),
-        ({"epochs": 0}, "search.finetune.epochs: Input should be greater than 0 (got 0)"),
-        ({"epochs": 100_001}, "search.finetune.epochs: Input should be less than or equal to 100000"),
+        ({"epochs": 0}, "search.finetune.epochs: epochs must be an integer in 1..100000 or a list of them, got 0"),
+        ({"epochs": 100_001}, "search.finetune.epochs: epochs must be an integer in 1..100000 or a list of them, got"),
+        ({"epochs": "3"}, "search.finetune.epochs: epochs must be an integer in 1..100000 or a list of them, got '3'"),
         ({"lr": 0.0}, "search.finetune.lr: Input should be greater than 0"),
         ({"label_smoothing": 0.6}, "search.finetune.label_smoothing: Input should be less than or equal to 0.5"),
         ({"distill": 1.5}, "search.finetune.distill: Input should be less than or equal to 1"),
         ({"topk": 3}, "search.finetune.topk: unknown key 'topk'; did you mean 'top'?"),
         ({"top": "3"}, "search.finetune.top: Input should be a valid integer"),
+        ({"epochs": []}, "search.finetune.epochs: a list of epochs needs 1 to 64 entries, got 0"),
+        ({"epochs": [3, 0]}, "search.finetune.epochs: epochs must be an integer in 1..100000 or a list of them, got 0"),
+        ({"pick": "best"}, "search.finetune.pick: Input should be 'spread' or 'accuracy'"),
         (True, "search.finetune: Input should be a valid dictionary"),
     ],
 )

@@ -115,10 +115,19 @@ def test_price_reports_params_flops_and_latency_per_target(spec, space: SearchSp
     assert result["preset"] == "T1" and result["arch"] == arch.to_dict() and result["arch_hash"] == arch.arch_hash()
     assert (result["params"], result["flops"]) == (space.params(arch), space.flops(arch))
     assert result["flags"] == {"pixel6": ""} and result["latency_ms"]["pixel6"] == pixel6.predict(space.blocks(arch)).ms
+    assert result["out_of_range_blocks"] == {"pixel6": []}
     assert (result["resolution"], result["deploy_resolution"], result["in_channels"], result["num_classes"]) == \
         (128, 128, 3, 1000)
     inline = price_arch(ELASTICVIT, ["pixel6"], arch=json.dumps(arch.to_dict()))
     assert {**inline, "preset": "T1"} == result
+    # A 1-channel 28 px space priced for the phone: flagged, and the blocks outside its fitted range named.
+    quick = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    small = SearchSpace.from_spec(quick, 1, 10).smallest()
+    priced = price(quick, small, ["pixel6"], 1, 10)
+    blocks = SearchSpace.from_spec(quick, 1, 10).blocks(small)
+    expected = [b.key() for b in blocks if not pixel6.predict_block(b)[1]]
+    assert expected and blocks[0].key() in expected  # the stem: one input channel, the phone measured three
+    assert priced["flags"] == {"pixel6": "out_of_range"} and priced["out_of_range_blocks"] == {"pixel6": expected}
     outside = arch.to_dict()
     outside["stages"][1]["channels"] = 56
     with pytest.raises(NASError, match=r"--arch: arch is not in the space: stages\[1\].channels 56"):

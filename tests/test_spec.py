@@ -61,10 +61,10 @@ def test_unknown_top_level_section() -> None:
         (("space", "resolution"), [], "space.resolution: List should have at least 1 item"),
         (("space", "stem", "channels"), ["16"], "space.stem.channels[0]: Input should be a valid integer"),
         (("space", "stages", 0, "expand"), [3, 3], "choices must be distinct"),
-        (("space", "stages", 2, "channels"), [48, 50], "multiple of head_dim (16)"),
+        (("space", "stages", 3, "channels"), [48, 50], "multiple of head_dim (16)"),
         (("data", "val_fraction"), 1.5, "data.val_fraction: Input should be less than 1"),
         (("search", "engine"), "nsga3", "search.engine: Input should be"),
-        (("search", "population"), 500, "search.population (500) must be <= search.candidates (200)"),
+        (("search", "population"), 500, "search.population (500) must be <= search.candidates (60)"),
         (("data", "dataset"), "folder", "dataset 'folder' needs a `path`"),
     ],
 )
@@ -133,11 +133,11 @@ def _set(raw: dict, path: tuple, value: object) -> dict:
         (("space", "head", "channels"), [10**9], "space.head.channels[0]: Input should be less than or equal to 16384"),
         (("space", "stages", 0, "expand"), [2, 65], "space.stages[0].expand[1]: Input should be less than or equal "
                                                     "to 64"),
-        (("space", "stages", 2, "mlp_ratio"), [1000], "space.stages[2].mlp_ratio[0]: Input should be less than or "
+        (("space", "stages", 3, "mlp_ratio"), [1000], "space.stages[3].mlp_ratio[0]: Input should be less than or "
                                                       "equal to 64"),
-        (("space", "stages", 2, "v_scale"), [100], "space.stages[2].v_scale[0]: Input should be less than or equal "
+        (("space", "stages", 3, "v_scale"), [100], "space.stages[3].v_scale[0]: Input should be less than or equal "
                                                    "to 64"),
-        (("space", "stages", 2, "head_dim"), 32768, "space.stages[2].head_dim: Input should be less than or equal to "
+        (("space", "stages", 3, "head_dim"), 32768, "space.stages[3].head_dim: Input should be less than or equal to "
                                                     "16384"),
         (("train", "epochs"), 10**9, "train.epochs: Input should be less than or equal to 100000"),
         (("train", "warmup_steps"), 10**12, "train.warmup_steps: Input should be less than or equal to 1000000000"),
