@@ -639,3 +639,30 @@ def test_recipe_defaults_keep_todays_training_and_round_trip(tiny_spec_path: Pat
     spec = parse_spec(raw, "tiny")
     assert spec.train.warmup_fraction == 0.3 and spec.train.augment is None  # nothing on: no augmentation
     assert parse_spec(spec.to_dict(), "again") == spec
+
+
+def test_adaptive_alpha_divergence_follows_the_larger_divergence_per_sample() -> None:
+    """Per sample, the gradient is that of the larger of D_-1 and D_1 (written out here from the definition);
+    taking the smaller, or one alpha for the whole batch, gives other gradients."""
+    torch.manual_seed(0)
+    teacher = torch.randn(64, 10) * 1.5
+    student = torch.randn(64, 10) * 1.5
+
+    def divergence(logits: torch.Tensor, alpha: float) -> torch.Tensor:
+        q, p = F.softmax(logits, -1), F.softmax(teacher, -1)
+        if alpha == 1.0:
+            return (p * (p / q).log()).sum(-1)
+        return (q * ((p / q) ** alpha - 1)).sum(-1) / (alpha * (alpha - 1))
+
+    with torch.no_grad():
+        larger_left = divergence(student, -1.0) > divergence(student, 1.0)
+    assert larger_left.any() and not larger_left.all()  # both cases occur in the batch
+    exact = student.clone().requires_grad_(True)
+    torch.where(larger_left, divergence(exact, -1.0), divergence(exact, 1.0)).mean().backward()
+    tested = student.clone().requires_grad_(True)
+    alpha_divergence_loss(tested, teacher, -1.0, 1.0, clip=1e9).backward()
+    assert tested.grad is not None and exact.grad is not None
+    assert torch.allclose(tested.grad, exact.grad, atol=1e-6)
+    smaller = student.clone().requires_grad_(True)
+    torch.where(larger_left, divergence(smaller, 1.0), divergence(smaller, -1.0)).mean().backward()
+    assert not torch.allclose(tested.grad, smaller.grad, atol=1e-4)
