@@ -125,7 +125,7 @@ from nas.pareto import hypervolume_2d  # noqa: E402
 from nas.space import ArchConfig, SearchSpace  # noqa: E402
 from nas.spec import SamplerSpec, Spec, load_spec, parse_spec  # noqa: E402
 from nas.supernet import Supernet  # noqa: E402
-from nas.train import load_supernet, make_optimizer, make_schedule, train_supernet  # noqa: E402
+from nas.train import load_supernet, make_optimizer, make_schedule, shared_cosine, train_supernet  # noqa: E402
 
 SPACE = ROOT / "benchmarks" / "spaces" / "sampling.yaml"
 STEP = ["random", "random", "random", "min"]
@@ -451,8 +451,8 @@ def gradient_cosine(a: torch.Tensor, b: torch.Tensor, shared: bool = True) -> fl
     """Cosine similarity of two flattened gradients: on the weights both use (both non-zero) when `shared`,
     else over the whole vectors (unused weights count as zeros); NaN when a side is all zero."""
     if shared:
-        both = (a != 0) & (b != 0)
-        a, b = a[both], b[both]
+        cosine = shared_cosine(a, b)  # the training diagnostic's rule (`train.grad_cosine`)
+        return math.nan if cosine is None else cosine
     norm = float(a.norm() * b.norm())
     return float(a @ b) / norm if norm > 0 else math.nan
 

@@ -98,10 +98,10 @@ class FinetuneResult:
                 "epoch_losses": list(self.epoch_losses)}
 
 
-def train_subnet(model: nn.Module, splits: Splits, recipe: Recipe, teacher: nn.Module | None = None,
-                 progress: bool = False, desc: str = "finetune") -> list[float]:
-    """Train `model` in place for `recipe.epochs` on the training split; returns each epoch's mean loss."""
-    images_all, labels_all = splits.x_train, splits.y_train
+def train_subnet(model: nn.Module, images_all: torch.Tensor, labels_all: torch.Tensor, recipe: Recipe,
+                 teacher: nn.Module | None = None, progress: bool = False, desc: str = "finetune") -> list[float]:
+    """Train `model` in place for `recipe.epochs` on `images_all` / `labels_all` (the training split); returns
+    each epoch's mean loss."""
     batch = min(recipe.batch_size, len(labels_all))
     if batch < 1:
         raise NASError("finetune: the training split is empty")
@@ -154,7 +154,7 @@ def finetune_subnet(evaluator: Evaluator, arch: ArchConfig, splits: Splits, reci
     if recipe.distill > 0:
         teacher = evaluator.subnet(teacher_arch if teacher_arch is not None else evaluator.supernet.space.largest())
         teacher.eval().requires_grad_(False)
-    losses = train_subnet(model, splits, recipe, teacher, progress, desc)
+    losses = train_subnet(model, splits.x_train, splits.y_train, recipe, teacher, progress, desc)
     calibrate_batchnorm(model, evaluator.calibration)
     return model.eval(), losses
 
@@ -224,17 +224,8 @@ def _train_in_worker(job: _Job) -> tuple[dict[str, torch.Tensor], list[float], f
         teacher = static_model.build(teacher_description)
         teacher.load_state_dict(teacher_state)
         teacher.eval().requires_grad_(False)
-    data = _TrainData(_WORKER_DATA["x"], _WORKER_DATA["y"])
-    losses = train_subnet(model, data, recipe, teacher)  # type: ignore[arg-type]
+    losses = train_subnet(model, _WORKER_DATA["x"], _WORKER_DATA["y"], recipe, teacher)
     return model.state_dict(), losses, time.perf_counter() - started
-
-
-@dataclass(frozen=True)
-class _TrainData:
-    """What `train_subnet` reads of a `Splits`."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
 
 
 def _train_parallel(evaluator: Evaluator, archs: Sequence[ArchConfig], splits: Splits, recipes: Sequence[Recipe],

@@ -284,13 +284,17 @@ class GradCosine:
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
                           for p in params])
         previous, self.previous = self.previous, flat
-        if previous is None:
-            return None
-        shared = (flat != 0) & (previous != 0)
-        if not bool(shared.any()):
-            return None
-        a, b = flat[shared].double(), previous[shared].double()
-        return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-30))
+        return None if previous is None else shared_cosine(flat, previous)
+
+
+def shared_cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Cosine similarity of two flattened gradients on the weights both used (both non-zero; the supernet's
+    slicing leaves unused weights at exactly zero), in double precision; None when they share no weight."""
+    shared = (a != 0) & (b != 0)
+    if not bool(shared.any()):
+        return None
+    x, y = a[shared].double(), b[shared].double()
+    return float((x @ y) / (x.norm() * y.norm()).clamp_min(1e-30))
 
 
 # ---- the training loop -----------------------------------------------------------------------------------

@@ -19,6 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = Path(__file__).resolve().parent / "specs" / "tiny.yaml"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): its tensors
+    are tiny, and on a loaded 2-core machine two threads spin-wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_spec_path() -> Path:
     return TINY_SPEC

@@ -23,13 +23,7 @@ from nas.supernet import Supernet  # noqa: E402
 TINY = ROOT / "tests" / "specs" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the benchmark's workers: on a loaded 2-core machine two threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- Spearman --------------------------------------------------------------------------------------------

@@ -34,12 +34,7 @@ ELASTICVIT_MFLOPS = {"T1": 62.9, "T2": 117.9, "S1": 217.6, "S2": 315.2, "M": 412
                      "L2": 704.1, "L3": 815.4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,7 @@ data: {{dataset: digits}}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one torch thread is fastest, and immune to other processes on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def elastic_space() -> SearchSpace:
