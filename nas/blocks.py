@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from nas.ops import DEFAULT_ACTIVATION, DEFAULT_ATTENTION, FFN_ACTIVATIONS, mix_counts
+
 BLOCK_KINDS = ("stem", "mbconv", "transds", "attn", "ffn", "head")
 KEY_FORMAT = 2
 FORMAT1_FIELDS = ("kind", "hw", "cin", "cout", "stride", "kernel", "expand", "se", "mlp_ratio", "v_scale",
                   "head_dim", "num_classes")
-FORMAT2_FIELDS = ("shortcut", "expand_conv", "v_dwconv", "rel_pos_bias", "proj_act", "qkv_bias", "final")
+FORMAT2_FIELDS = ("shortcut", "expand_conv", "v_dwconv", "rel_pos_bias", "proj_act", "qkv_bias", "final", "attention",
+                  "act")
 SHORTCUTS = ("none", "avgpool_conv")
 
 
@@ -42,6 +45,9 @@ class Block:
     v_dwconv, rel_pos_bias, proj_act, qkv_bias (attn): a 3x3 depthwise conv on V over the token grid, a learned
       relative position bias per head, hard-swish before the output projection, biases on the q/k/v projections.
     final (head): width of the linear + hard-swish layer between the pooled features and the classifier (0: none).
+    attention (attn): the attention kind of every head, or a mix of kinds over the heads (`nas.ops.mix_name`:
+      `relu_softmax:2+scaling:2`).
+    act (ffn): the FFN's activation (`nas.ops.FFN_ACTIVATIONS`).
     """
 
     kind: str
@@ -63,6 +69,19 @@ class Block:
     proj_act: bool = False
     qkv_bias: bool = True
     final: int = 0
+    attention: str = DEFAULT_ATTENTION
+    act: str = DEFAULT_ACTIVATION
+
+    def __post_init__(self) -> None:
+        if self.attention != DEFAULT_ATTENTION:
+            heads = self.cin // self.head_dim if self.kind == "attn" and self.head_dim > 0 else 0
+            mix_counts(self.attention, heads)  # ValueError naming the problem
+        if self.act not in FFN_ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.act!r} (known: {', '.join(FFN_ACTIVATIONS)})")
+
+    def attention_counts(self) -> dict[str, int]:
+        """Heads per attention kind (attn blocks)."""
+        return mix_counts(self.attention, self.cin // self.head_dim)
 
     def key(self) -> str:
         """A stable string key, unique per distinct block (format 2; format 1 where that can express it)."""
@@ -95,7 +114,10 @@ class Block:
         except ValueError as exc:
             raise ValueError(f"not a block key: {key!r} ({exc}; key format {KEY_FORMAT} appends ~name=value for "
                              f"{', '.join(FORMAT2_FIELDS)})") from None
-        return cls(**values)  # type: ignore[arg-type]
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"not a block key: {key!r} ({exc})") from None
 
 
 _DEFAULTS = {f.name: f.default for f in fields(Block)}

@@ -12,12 +12,14 @@ latency models.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from dataclasses import dataclass, replace
 from typing import Any
 
 from nas.blocks import Block
+from nas.ops import DEFAULT_ACTIVATION, DEFAULT_ATTENTION, mix_name
 from nas.spec import ConvStageSpec, SpaceSpec, Spec, TransformerStageSpec
 
 
@@ -29,11 +31,35 @@ class ConvLayer:
 
 @dataclass(frozen=True)
 class TransformerLayer:
+    """A transformer layer's choices. `attention`: one kind for every head, or one kind per head (in a stage
+    with `attention_per_head`); `act`: the FFN's activation."""
+
     mlp_ratio: int
     v_scale: int
+    attention: tuple[str, ...] = (DEFAULT_ATTENTION,)
+    act: str = DEFAULT_ACTIVATION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layer's choices; the defaults (softmax everywhere, hard-swish) are left out."""
+        data: dict[str, Any] = {"mlp_ratio": self.mlp_ratio, "v_scale": self.v_scale}
+        if self.attention != (DEFAULT_ATTENTION,):
+            data["attention"] = self.attention[0] if len(self.attention) == 1 else list(self.attention)
+        if self.act != DEFAULT_ACTIVATION:
+            data["act"] = self.act
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransformerLayer:
+        attention = data.get("attention", DEFAULT_ATTENTION)
+        kinds = (attention,) if isinstance(attention, str) else tuple(attention)
+        return cls(int(data["mlp_ratio"]), int(data["v_scale"]), kinds, str(data.get("act", DEFAULT_ACTIVATION)))
 
 
 Layer = ConvLayer | TransformerLayer
+
+
+def layer_dict(layer: Layer) -> dict[str, Any]:
+    return layer.to_dict() if isinstance(layer, TransformerLayer) else dict(vars(layer))
 
 
 @dataclass(frozen=True)
@@ -61,7 +87,7 @@ class ArchConfig:
             "resolution": self.resolution,
             "stem": self.stem,
             "stages": [
-                {"channels": s.channels, "layers": [dict(vars(layer)) for layer in s.layers]} for s in self.stages
+                {"channels": s.channels, "layers": [layer_dict(layer) for layer in s.layers]} for s in self.stages
             ],
             "head": self.head,
         }
@@ -74,7 +100,8 @@ class ArchConfig:
         stages = []
         for stage in data["stages"]:
             layers: list[Layer] = [
-                ConvLayer(**layer) if "expand" in layer else TransformerLayer(**layer) for layer in stage["layers"]
+                ConvLayer(**layer) if "expand" in layer else TransformerLayer.from_dict(layer)
+                for layer in stage["layers"]
             ]
             stages.append(StageArch(int(stage["channels"]), tuple(layers)))
         return cls(int(data["resolution"]), int(data["stem"]), tuple(stages), int(data["head"]),
@@ -120,9 +147,28 @@ class SearchSpace:
     # ---- choices -------------------------------------------------------------------------------------
     @staticmethod
     def _layer_choices(stage: ConvStageSpec | TransformerStageSpec) -> list[Layer]:
+        """Every choice of one layer; in a stage with per-head attention, with the attention left at its
+        default (the heads' kinds are chosen apart: `_head_kinds`)."""
         if isinstance(stage, ConvStageSpec):
             return [ConvLayer(e, k) for e in stage.expand for k in stage.kernel]
-        return [TransformerLayer(m, v) for m in stage.mlp_ratio for v in stage.v_scale]
+        kinds = [(DEFAULT_ATTENTION,)] if stage.attention_per_head else [(a,) for a in stage.attention]
+        return [TransformerLayer(m, v, a, act) for m in stage.mlp_ratio for v in stage.v_scale for a in kinds
+                for act in stage.ffn_act]
+
+    @staticmethod
+    def _per_layer(layer: Layer, stage: ConvStageSpec | TransformerStageSpec) -> Layer:
+        """`layer` as `_layer_choices` lists it (per-head kinds reset to the default)."""
+        if isinstance(stage, TransformerStageSpec) and stage.attention_per_head and isinstance(layer, TransformerLayer):
+            return replace(layer, attention=(DEFAULT_ATTENTION,))
+        return layer
+
+    def _with_heads(self, layer: Layer, stage: ConvStageSpec | TransformerStageSpec, channels: int,
+                    rng: random.Random) -> Layer:
+        """A sampled layer with a random kind per head when the stage chooses attention per head."""
+        if isinstance(stage, TransformerStageSpec) and stage.attention_per_head and isinstance(layer, TransformerLayer):
+            heads = stage.heads(channels)
+            return replace(layer, attention=tuple(rng.choice(stage.attention) for _ in range(heads)))
+        return layer
 
     def head_widths(self, last: int) -> list[int]:
         """The head widths open to an arch whose last stage is `last` wide (`head.channels`, or `head.expand`
@@ -141,7 +187,9 @@ class SearchSpace:
         for stage in self.spec.stages:
             depth = rng.randint(stage.depth.min, stage.depth.max)
             choices = self._layer_choices(stage)
-            stages.append(StageArch(rng.choice(stage.channels), tuple(rng.choice(choices) for _ in range(depth))))
+            channels = rng.choice(stage.channels)
+            layers = tuple(self._with_heads(rng.choice(choices), stage, channels, rng) for _ in range(depth))
+            stages.append(StageArch(channels, layers))
         arch = ArchConfig(rng.choice(self.spec.resolution), rng.choice(self.spec.stem.channels), tuple(stages),
                           rng.choice(self.head_widths(stages[-1].channels)))
         if self.spec.head.final_channels:
@@ -155,7 +203,9 @@ class SearchSpace:
             if isinstance(stage, ConvStageSpec):
                 layer: Layer = ConvLayer(stage.expand[pick], stage.kernel[pick])
             else:
-                layer = TransformerLayer(stage.mlp_ratio[pick], stage.v_scale[pick])
+                heads = stage.heads(stage.channels[pick]) if stage.attention_per_head else 1
+                layer = TransformerLayer(stage.mlp_ratio[pick], stage.v_scale[pick], (stage.attention[pick],) * heads,
+                                         stage.ffn_act[pick])
             stages.append(StageArch(stage.channels[pick], (layer,) * depth))
         finals = self.spec.head.final_channels
         return ArchConfig(self.spec.resolution[pick], self.spec.stem.channels[pick], tuple(stages),
@@ -172,9 +222,13 @@ class SearchSpace:
         head = len(self._head_choice()) * max(1, len(self.spec.head.final_channels))
         total = len(self.spec.resolution) * len(self.spec.stem.channels) * head
         for stage in self.spec.stages:
-            per_layer = len(self._layer_choices(stage))
-            depths = sum(per_layer**d for d in range(stage.depth.min, stage.depth.max + 1))
-            total *= len(stage.channels) * depths
+            per_channels = 0
+            for channels in stage.channels:
+                per_layer = len(self._layer_choices(stage))
+                if isinstance(stage, TransformerStageSpec) and stage.attention_per_head:
+                    per_layer *= len(stage.attention) ** stage.heads(channels)
+                per_channels += sum(per_layer**d for d in range(stage.depth.min, stage.depth.max + 1))
+            total *= per_channels
         return total
 
     def validate_arch(self, arch: ArchConfig) -> None:
@@ -192,7 +246,11 @@ class SearchSpace:
             if not spec.depth.min <= stage.depth <= spec.depth.max:
                 problems.append(f"stages[{i}].depth {stage.depth}")
             allowed = self._layer_choices(spec)
-            problems += [f"stages[{i}].layers[{j}]" for j, layer in enumerate(stage.layers) if layer not in allowed]
+            problems += [f"stages[{i}].layers[{j}]" for j, layer in enumerate(stage.layers)
+                         if self._per_layer(layer, spec) not in allowed]
+            if isinstance(spec, TransformerStageSpec):
+                problems += [problem for j, layer in enumerate(stage.layers) for problem in
+                             self._attention_problems(layer, spec, stage.channels, f"stages[{i}].layers[{j}]")]
         if arch.head not in self.head_widths(arch.stages[-1].channels):
             last, expand = arch.stages[-1].channels, self.spec.head.expand
             rule = f" (head.expand {expand} x the last stage's {last})" if expand else ""
@@ -202,6 +260,21 @@ class SearchSpace:
             problems.append(f"final {arch.final}" + ("" if finals else " (the head has no final layer)"))
         if problems:
             raise ValueError("arch is not in the space: " + ", ".join(problems))
+
+    @staticmethod
+    def _attention_problems(layer: Layer, spec: TransformerStageSpec, channels: int, where: str) -> list[str]:
+        if not isinstance(layer, TransformerLayer):
+            return []
+        if spec.attention_per_head:
+            heads = spec.heads(channels)
+            if len(layer.attention) != heads:
+                return [f"{where}.attention (one kind per head: {heads} heads at {channels} channels, got "
+                        f"{len(layer.attention)})"]
+            return [f"{where}.attention[{h}] {kind!r}" for h, kind in enumerate(layer.attention)
+                    if kind not in spec.attention]
+        if len(layer.attention) != 1:
+            return [f"{where}.attention (the stage chooses one kind per layer; attention_per_head is off)"]
+        return []
 
     # ---- flat encoding for search engines ------------------------------------------------------------
     def dimensions(self) -> list[tuple[str, list[Any]]]:
@@ -216,9 +289,25 @@ class SearchSpace:
             for j in range(stage.depth.max):
                 for name in fields:
                     dims.append((f"s{i}.l{j}.{name}", list(getattr(stage, name))))
+                if isinstance(stage, TransformerStageSpec):
+                    dims += self._transformer_dims(stage, f"s{i}.l{j}")
         dims.append(("head", self._head_choice()))
         if self.spec.head.final_channels:
             dims.append(("final", list(self.spec.head.final_channels)))
+        return dims
+
+    @staticmethod
+    def _transformer_dims(stage: TransformerStageSpec, prefix: str) -> list[tuple[str, list[Any]]]:
+        """The attention and activation dimensions of one layer, where the stage has a choice: one attention
+        dimension per head up to the most heads (a layer with fewer heads uses the leading ones)."""
+        dims: list[tuple[str, list[Any]]] = []
+        if stage.attention_per_head:
+            dims += [(f"{prefix}.h{h}.attention", list(stage.attention))
+                     for h in range(stage.heads(max(stage.channels)))]
+        elif len(stage.attention) > 1:
+            dims.append((f"{prefix}.attention", list(stage.attention)))
+        if len(stage.ffn_act) > 1:
+            dims.append((f"{prefix}.act", list(stage.ffn_act)))
         return dims
 
     def encode(self, arch: ArchConfig) -> list[int]:
@@ -230,6 +319,9 @@ class SearchSpace:
             for j, layer in enumerate(stage.layers):
                 for name, value in vars(layer).items():
                     values[f"s{i}.l{j}.{name}"] = value
+                if isinstance(layer, TransformerLayer):
+                    values[f"s{i}.l{j}.attention"] = layer.attention[0]
+                    values.update({f"s{i}.l{j}.h{h}.attention": kind for h, kind in enumerate(layer.attention)})
         return [choices.index(values[name]) if name in values else 0 for name, choices in self.dimensions()]
 
     def decode(self, vector: list[int]) -> ArchConfig:
@@ -245,10 +337,20 @@ class SearchSpace:
                 if isinstance(stage, ConvStageSpec):
                     layers.append(ConvLayer(values[f"s{i}.l{j}.expand"], values[f"s{i}.l{j}.kernel"]))
                 else:
-                    layers.append(TransformerLayer(values[f"s{i}.l{j}.mlp_ratio"], values[f"s{i}.l{j}.v_scale"]))
+                    layers.append(self._transformer_layer(values, stage, f"s{i}.l{j}", values[f"s{i}.channels"]))
             stages.append(StageArch(values[f"s{i}.channels"], tuple(layers)))
         head = values["head"] if self.spec.head.channels is not None else values["head"] * stages[-1].channels
         return ArchConfig(values["resolution"], values["stem"], tuple(stages), head, values.get("final", 0))
+
+    @staticmethod
+    def _transformer_layer(values: dict[str, Any], stage: TransformerStageSpec, prefix: str,
+                           channels: int) -> TransformerLayer:
+        if stage.attention_per_head:
+            kinds = tuple(values[f"{prefix}.h{h}.attention"] for h in range(stage.heads(channels)))
+        else:
+            kinds = (values.get(f"{prefix}.attention", stage.attention[0]),)
+        return TransformerLayer(values[f"{prefix}.mlp_ratio"], values[f"{prefix}.v_scale"], kinds,
+                                values.get(f"{prefix}.act", stage.ffn_act[0]))
 
     # ---- the network an arch describes ---------------------------------------------------------------
     def describe(self, arch: ArchConfig) -> dict[str, Any]:
@@ -256,7 +358,7 @@ class SearchSpace:
         stages = []
         for stage, spec in zip(arch.stages, self.spec.stages, strict=True):
             entry: dict[str, Any] = {"type": spec.type, "stride": spec.stride, "channels": stage.channels,
-                                     "layers": [dict(vars(layer)) for layer in stage.layers]}
+                                     "layers": [layer_dict(layer) for layer in stage.layers]}
             if isinstance(spec, ConvStageSpec):
                 entry.update(se=spec.se, shortcut=spec.shortcut)
             else:
@@ -312,10 +414,12 @@ class SearchSpace:
                                                   stage.downsample_se, stage.shortcut))
                 for cout in stage.channels if isinstance(stage, TransformerStageSpec) else ():
                     for v_scale in stage.v_scale:
-                        found.add(Block("attn", out_hw, cout, cout, v_scale=v_scale, head_dim=stage.head_dim,
-                                        **_attn_options(stage.model_dump())))
+                        for mix in _attention_mixes(stage, cout):
+                            found.add(Block("attn", out_hw, cout, cout, v_scale=v_scale, head_dim=stage.head_dim,
+                                            attention=mix, **_attn_options(stage.model_dump())))
                     for ratio in stage.mlp_ratio:
-                        found.add(Block("ffn", out_hw, cout, cout, mlp_ratio=ratio))
+                        for act in stage.ffn_act:
+                            found.add(Block("ffn", out_hw, cout, cout, mlp_ratio=ratio, act=act))
                 inputs, hw = set(stage.channels), out_hw
             for cin in inputs:
                 for head in self.head_widths(cin):
@@ -331,12 +435,26 @@ class SearchSpace:
         return sum(block_cost(b)[1] for b in self.blocks(arch, resolution or arch.resolution))
 
 
-DESCRIPTION_FORMAT = 2  # of `SearchSpace.describe` (see `nas.static_model`: format 1 is read too)
+DESCRIPTION_FORMAT = 3  # of `SearchSpace.describe` (see `nas.static_model`: formats 1 and 2 are read too)
+
+
+def _attention_mixes(stage: TransformerStageSpec, channels: int) -> list[str]:
+    """The attention names (`nas.ops.mix_name`) a layer of `stage` at `channels` can have."""
+    if not stage.attention_per_head:
+        return list(stage.attention)
+    heads = stage.heads(channels)
+    return sorted({mix_name(kinds) for kinds in itertools.combinations_with_replacement(stage.attention, heads)})
 ATTN_OPTIONS = {"v_dwconv": False, "rel_pos_bias": False, "proj_act": False, "qkv_bias": True}  # and defaults
 
 
 def _attn_options(stage: dict[str, Any]) -> dict[str, bool]:
     return {name: bool(stage.get(name, default)) for name, default in ATTN_OPTIONS.items()}
+
+
+def layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
+    """The attention kinds of a described transformer layer: one for all heads, or one per head."""
+    attention = layer.get("attention", DEFAULT_ATTENTION)
+    return (attention,) if isinstance(attention, str) else tuple(attention)
 
 
 def _conv_block(kind: str, hw: int, cin: int, cout: int, stride: int, kernel: int, expand: int, se: bool,
@@ -372,8 +490,9 @@ def network_blocks(network: dict[str, Any], resolution: int) -> list[Block]:
             options = {} if legacy else _attn_options(stage)
             for layer in stage["layers"]:
                 blocks.append(Block("attn", hw, cout, cout, v_scale=layer["v_scale"], head_dim=stage["head_dim"],
-                                    **options))
-                blocks.append(Block("ffn", hw, cout, cout, mlp_ratio=layer["mlp_ratio"]))
+                                    attention=mix_name(layer_kinds(layer)), **options))
+                blocks.append(Block("ffn", hw, cout, cout, mlp_ratio=layer["mlp_ratio"],
+                                    act=layer.get("act", DEFAULT_ACTIVATION)))
     head = network["head"]
     blocks.append(Block("head", hw, cin, head["channels"], num_classes=network["num_classes"],
                         final=0 if legacy else head.get("final", 0)))

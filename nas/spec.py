@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from nas.errors import SpecError
+from nas.ops import ATTENTION_KINDS, FFN_ACTIVATIONS, cost_order
 
 SPEC_VERSION = 1
 DATASETS = ("fashion-mnist", "digits", "folder", "arrays")
@@ -48,6 +49,7 @@ MAX_STAGES = 64  # stages per space
 MAX_RESOLUTION = 4096  # input side in pixels (space.resolution, deploy.resolution)
 MAX_CHANNELS = 16384  # stem, stage and head widths, and head_dim
 MAX_RATIO = 64  # expand, mlp_ratio, v_scale, downsample_expand
+MAX_HEAD_CHOICES = 16  # heads of a layer whose attention is chosen per head
 MAX_EPOCHS = 100_000  # train.epochs, sampler probability every_epochs
 MAX_STEPS = 1_000_000_000  # train.warmup_steps
 MAX_CROP_PAD = 64  # train.augment.random_crop (pixels of padding)
@@ -208,9 +210,22 @@ class TransformerStageSpec(_Strict):
     rel_pos_bias: bool = False
     proj_act: bool = False
     qkv_bias: bool = True
+    attention: Annotated[list[str], Field(min_length=1)] = ["softmax"]
+    attention_per_head: bool = False
+    ffn_act: Annotated[list[str], Field(min_length=1)] = ["hswish"]
 
     _depth = field_validator("depth", mode="before")(_depth_from_yaml)
     _sorted = field_validator("channels", "mlp_ratio", "v_scale")(_unique)
+
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, value: list[str]) -> list[str]:
+        return _known_names(value, ATTENTION_KINDS, "attention kind")
+
+    @field_validator("ffn_act")
+    @classmethod
+    def _known_activation(cls, value: list[str]) -> list[str]:
+        return _known_names(value, FFN_ACTIVATIONS, "activation")
 
     @model_validator(mode="after")
     def _heads_fit(self) -> TransformerStageSpec:
@@ -218,7 +233,26 @@ class TransformerStageSpec(_Strict):
         if bad:
             raise ValueError(f"every channel choice must be a multiple of head_dim ({self.head_dim}), "
                              f"but got {quote(bad)}")
+        if self.attention_per_head:
+            heads = [c // self.head_dim for c in self.channels]
+            if min(heads) < 2:
+                raise ValueError(f"attention_per_head: a per-head choice needs at least 2 heads, but channels "
+                                 f"{min(self.channels)} / head_dim {self.head_dim} gives {min(heads)}")
+            if max(heads) > MAX_HEAD_CHOICES:
+                raise ValueError(f"attention_per_head: at most {MAX_HEAD_CHOICES} heads can be chosen per head, but "
+                                 f"channels {max(self.channels)} / head_dim {self.head_dim} gives {max(heads)}")
         return self
+
+    def heads(self, channels: int) -> int:
+        return channels // self.head_dim
+
+
+def _known_names(value: list[str], known: Sequence[str], what: str) -> list[str]:
+    """`value` without repeats, cheapest first (`nas.ops.cost_order`); an unknown name lists the known ones."""
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {quote(unknown[0], 60)} (known: {', '.join(known)})")
+    return cost_order(value)
 
 
 StageSpec = Annotated[ConvStageSpec | TransformerStageSpec, Field(discriminator="type")]
@@ -933,6 +967,8 @@ class ConvLayerArch(_Strict):
 class TransformerLayerArch(_Strict):
     mlp_ratio: _upto(MAX_RATIO)
     v_scale: _upto(MAX_RATIO)
+    attention: str | Annotated[list[str], Field(min_length=1, max_length=MAX_HEAD_CHOICES)] = "softmax"
+    act: str = "hswish"
 
 
 def _layer_kind(value: Any) -> str:

@@ -9,10 +9,11 @@ loads without the `nas` package or the supernet:
     net = build(json.load(open("network.json")))
     net.load_state_dict(torch.load("weights.pt", weights_only=True))
 
-Description formats: 2 (current) names every block option per stage (`shortcut`, `downsample_se`,
-`v_dwconv`, `rel_pos_bias`, `proj_act`, `qkv_bias`) and the head's `final` width, and reads expand ratio 1
-as a depthwise-separable block (no 1x1 expansion); 1 (exports written before) has none of these options and
-a 1x1 expansion at every expand ratio, and is built exactly as it was then.
+Description formats: 3 (current) adds to format 2 each transformer layer's `attention` (a kind, or a list of
+one kind per head; softmax when absent) and FFN `act` (hswish when absent); 2 names every block option per
+stage (`shortcut`, `downsample_se`, `v_dwconv`, `rel_pos_bias`, `proj_act`, `qkv_bias`) and the head's `final`
+width, and reads expand ratio 1 as a depthwise-separable block (no 1x1 expansion); 1 (exports written before)
+has none of these options and a 1x1 expansion at every expand ratio, and is built exactly as it was then.
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMAT_VERSIONS = (1, 2)
-OP_MODULES = ("attention", "conv")  # nas/ops/<name>.py, shipped in an export as ops_<name>.py
+FORMAT_VERSIONS = (1, 2, 3)
+BASE_OP_MODULES = ("attention", "activation", "conv")  # nas/ops/<name>.py, shipped in an export as ops_<name>.py
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_EXPORTED = os.path.isfile(os.path.join(_HERE, "ops_attention.py"))  # this file is a copy inside an export
+
+
+def _attention_kind_names() -> tuple[str, ...]:
+    """The attention kinds: one `attn_<kind>.py` module each (`ops_attn_<kind>.py` in an export)."""
+    if _EXPORTED:
+        return tuple(sorted(f[len("ops_attn_"):-3] for f in os.listdir(_HERE) if f.startswith("ops_attn_")
+                            and f.endswith(".py")))
+    return importlib.import_module("nas.ops").ATTENTION_KINDS
 
 
 def _op_module(name: str) -> ModuleType:
     """`nas/ops/<name>.py`: its copy beside this file in an export (`ops_<name>.py`), else the package's."""
-    copy = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"ops_{name}.py")
-    if os.path.isfile(copy):
+    copy = os.path.join(_HERE, f"ops_{name}.py")
+    if _EXPORTED:
         spec = importlib.util.spec_from_file_location(f"{__name__}_ops_{name}", copy)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {copy}")
@@ -43,10 +54,21 @@ def _op_module(name: str) -> ModuleType:
     return importlib.import_module(f"nas.ops.{name}")
 
 
+OP_MODULES = BASE_OP_MODULES + tuple(f"attn_{kind}" for kind in _attention_kind_names())
 _OPS = {name: _op_module(name) for name in OP_MODULES}
 attention_ops = _OPS["attention"]
+activation_ops = _OPS["activation"]
 conv_ops = _OPS["conv"]
+ATTENTION_KINDS = {name[len("attn_"):]: module.normalise for name, module in _OPS.items() if name.startswith("attn_")}
 OP_FILES = tuple(f"ops_{name}.py" for name in OP_MODULES)
+
+
+def attention_kinds(kinds: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`kinds` checked against the known attention kinds (ValueError listing them)."""
+    unknown = [kind for kind in kinds if kind not in ATTENTION_KINDS]
+    if unknown:
+        raise ValueError(f"unknown attention kind {unknown[0]!r} (known: {', '.join(sorted(ATTENTION_KINDS))})")
+    return tuple(kinds)
 
 
 def op_files() -> dict[str, str]:
@@ -127,17 +149,20 @@ class Attention(nn.Module):
     Options (ElasticViT's attention has all but `qkv_bias`): `v_dwconv`, a 3x3 depthwise conv (no bias) on V
     over the grid; `rel_pos_bias`, a learned bias per head and relative offset ((2 side - 1)^2 x heads);
     `proj_act`, hard-swish before the output projection; `qkv_bias`, biases on the q, k and v projections.
-    `kind` names the attention (`ops_attention.ATTENTION_KINDS`)."""
+    `kinds` names the attention kind (`ATTENTION_KINDS`) of every head, or one for all of them."""
 
     def __init__(self, channels: int, head_dim: int, v_scale: int, side: int = 0, v_dwconv: bool = False,
-                 rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True, kind: str = "softmax"):
+                 rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True,
+                 kinds: tuple[str, ...] = ("softmax",)):
         super().__init__()
         self.heads = channels // head_dim
         self.head_dim = head_dim
         self.v_dim = v_scale * head_dim
         self.side = side
         self.proj_act = proj_act
-        self.attend = attention_ops.get_attention(kind)
+        self.kinds = attention_kinds(kinds)
+        if len(self.kinds) not in (1, self.heads):
+            raise ValueError(f"{len(self.kinds)} attention kinds for a layer of {self.heads} heads")
         width = self.heads * self.v_dim
         self.norm = nn.LayerNorm(channels)
         self.qk = nn.Linear(channels, 2 * self.heads * head_dim, bias=qkv_bias)
@@ -163,7 +188,7 @@ class Attention(nn.Module):
         bias = None
         if self.rel_bias is not None:
             bias = attention_ops.relative_bias(self.rel_bias, self.rel_index, self.heads)
-        out = self.attend(q, k, v, self.head_dim**-0.5, bias)
+        out = attention_ops.attend(q, k, v, self.head_dim**-0.5, bias, self.kinds, ATTENTION_KINDS)
         out = out.transpose(1, 2).reshape(batch, tokens, self.heads * self.v_dim)
         if self.proj_act:
             out = nn.functional.hardswish(out)
@@ -171,14 +196,18 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, channels: int, mlp_ratio: int):
+    """Pre-norm MLP: layer norm, linear to `mlp_ratio` x the width, the activation `act`, linear back."""
+
+    def __init__(self, channels: int, mlp_ratio: int, act: str = "hswish"):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
         self.fc1 = nn.Linear(channels, channels * mlp_ratio)
         self.fc2 = nn.Linear(channels * mlp_ratio, channels)
+        self.act_name = act
+        self.act = activation_ops.get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(nn.functional.hardswish(self.fc1(self.norm(x))))
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
 
 
 ATTENTION_OPTIONS = {"v_dwconv": False, "rel_pos_bias": False, "proj_act": False, "qkv_bias": True}
@@ -190,6 +219,11 @@ def _conv_options(stage: dict[str, Any], expand: int, version: int) -> dict[str,
     if version == 1:
         return {"shortcut": "none", "expand_conv": True}
     return {"shortcut": stage.get("shortcut", "none"), "expand_conv": expand > 1}
+
+
+def _layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
+    attention = layer.get("attention", "softmax")
+    return (attention,) if isinstance(attention, str) else tuple(attention)
 
 
 class TransformerStage(nn.Module):
@@ -204,8 +238,9 @@ class TransformerStage(nn.Module):
         side = conv_out(side, stage["stride"])
         options = {} if version == 1 else {key: stage.get(key, default) for key, default in ATTENTION_OPTIONS.items()}
         self.layers = nn.ModuleList(
-            nn.Sequential(Attention(cout, stage["head_dim"], layer["v_scale"], side, **options),
-                          FeedForward(cout, layer["mlp_ratio"]))
+            nn.Sequential(Attention(cout, stage["head_dim"], layer["v_scale"], side, kinds=_layer_kinds(layer),
+                                    **options),
+                          FeedForward(cout, layer["mlp_ratio"], layer.get("act", "hswish")))
             for layer in stage["layers"]
         )
 
@@ -262,10 +297,14 @@ class Network(nn.Module):
         self.head = Head(cin, head["channels"], network["num_classes"], head.get("final", 0) if version > 1 else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output (B x C x H x W): the token features distillation compares."""
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = nn.functional.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
                                           align_corners=False)
-        return self.head(self.stages(self.stem(x)))
+        return self.stages(self.stem(x))
 
 
 def build(network: dict[str, Any]) -> Network:

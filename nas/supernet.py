@@ -134,13 +134,13 @@ class ElasticAttention(nn.Module):
     the space's resolutions give this stage); a smaller grid uses the offsets it can address."""
 
     def __init__(self, max_channels: int, head_dim: int, max_v_scale: int, max_side: int = 0,
-                 v_dwconv: bool = False, rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True,
-                 kind: str = "softmax"):
+                 v_dwconv: bool = False, rel_pos_bias: bool = False, proj_act: bool = False, qkv_bias: bool = True):
         super().__init__()
         self.head_dim, self.max_heads = head_dim, max_channels // head_dim
         self.max_v_dim = max_v_scale * head_dim
-        self.max_side, self.proj_act, self.kind = max_side, proj_act, kind
-        self.attend = attention_ops.get_attention(kind)
+        self.max_side, self.proj_act = max_side, proj_act
+        self.active_kinds: tuple[str, ...] = ("softmax",)
+        self.active_mix: tuple[str, str, torch.Tensor] | None = None  # MPCViT's relaxed choice (`nas.mpcvit`)
         width = self.max_heads * self.max_v_dim
         self.norm = nn.LayerNorm(max_channels)
         self.qk = nn.Linear(max_channels, 2 * self.max_heads * head_dim, bias=qkv_bias)
@@ -186,7 +186,13 @@ class ElasticAttention(nn.Module):
         if s["v_conv"] is not None:
             v = attention_ops.depthwise_tokens(v, s["v_conv"], side)
         v = v.view(batch, tokens, heads, v_dim).transpose(1, 2)
-        out = self.attend(q, k, v, self.head_dim**-0.5, self._bias(side, heads))
+        bias, scale = self._bias(side, heads), self.head_dim**-0.5
+        if self.active_mix is not None:
+            first, second, weight = self.active_mix
+            out = attention_ops.attend_mixed(q, k, v, scale, bias, static_model.ATTENTION_KINDS[first],
+                                             static_model.ATTENTION_KINDS[second], weight[:heads])
+        else:
+            out = attention_ops.attend(q, k, v, scale, bias, self.active_kinds, static_model.ATTENTION_KINDS)
         out = out.transpose(1, 2).reshape(batch, tokens, heads * v_dim)
         if self.proj_act:
             out = F.hardswish(out)
@@ -216,12 +222,13 @@ class ElasticFeedForward(nn.Module):
         self.fc1 = nn.Linear(max_channels, max_channels * max_ratio)
         self.fc2 = nn.Linear(max_channels * max_ratio, max_channels)
         self.active_ratio = max_ratio
+        self.active_act = static_model.activation_ops.get_activation("hswish")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[-1]
         hidden = channels * self.active_ratio
         y = F.layer_norm(x, (channels,), self.norm.weight[:channels], self.norm.bias[:channels], self.norm.eps)
-        y = F.hardswish(F.linear(y, self.fc1.weight[:hidden, :channels], self.fc1.bias[:hidden]))
+        y = self.active_act(F.linear(y, self.fc1.weight[:hidden, :channels], self.fc1.bias[:hidden]))
         return x + F.linear(y, self.fc2.weight[:channels, :hidden], self.fc2.bias[:channels])
 
     def export_into(self, target: static_model.FeedForward) -> None:
@@ -292,7 +299,9 @@ class Supernet(nn.Module):
                 for block, layer in zip(module["layers"], stage.layers, strict=False):
                     assert isinstance(layer, TransformerLayer)
                     block["attn"].active_v_scale = layer.v_scale
+                    block["attn"].active_kinds = layer.attention
                     block["ffn"].active_ratio = layer.mlp_ratio
+                    block["ffn"].active_act = static_model.activation_ops.get_activation(layer.act)
             else:
                 for j, (block, layer) in enumerate(zip(module["layers"], stage.layers, strict=False)):
                     assert isinstance(layer, ConvLayer)
@@ -301,6 +310,11 @@ class Supernet(nn.Module):
         self.head_conv.active_out = arch.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output (B x C x H x W) of the active subnet: the token features distillation
+        compares (`nas.distill`)."""
         arch = self.active
         assert arch is not None
         if x.shape[-1] != arch.resolution or x.shape[-2] != arch.resolution:
@@ -317,6 +331,12 @@ class Supernet(nn.Module):
             else:
                 for block in module["layers"][: stage.depth]:
                     x = block(x)
+        return x
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The head on features from `forward_features`."""
+        arch = self.active
+        assert arch is not None
         x = self.head_conv(x).mean((2, 3))
         if self.head_final is not None:
             x = F.hardswish(F.linear(x, self.head_final.weight[: arch.final, : arch.head],

@@ -1,11 +1,73 @@
 """Op variants written once, used by both the elastic supernet (`nas.supernet`, with sliced weights) and the
 plain modules of `nas.static_model` (with their own weights).
 
-One module per op family, each depending on torch alone and on no other module here, so that an export can
-ship a copy of each beside its `model.py` (as `ops_<family>.py`; see `static_model.OP_FILES`):
+One module per op family or variant, each depending on torch alone and on no other module here, so that an
+export can ship a copy of each beside its `model.py` (as `ops_<name>.py`; see `static_model.OP_FILES`):
 
-    attention   attention kinds (a registry: `get_attention(name)`), relative position bias, depthwise conv on V
-    conv        squeeze-excite and ElasticViT's projection shortcut (average pool + 1x1 conv)
+    attention     scores, per-head dispatch to the attention kinds, relative position bias, depthwise conv on V
+    attn_<kind>   one attention kind each: `normalise(scores) -> weights` (softmax, relu_softmax, scaling, quad)
+    activation    activations by name (the FFN's choice)
+    conv          squeeze-excite and ElasticViT's projection shortcut (average pool + 1x1 conv)
+
+This file is torch-free: the spec reads the names it accepts from here. The attention kinds are the
+`attn_<kind>.py` files of this folder (adding a kind is adding a file); `FFN_ACTIVATIONS` must equal the keys
+of `activation.ACTIVATIONS` (a contract test checks both).
+
+A layer's attention is one kind, or one kind per head (`kinds`, a tuple). Blocks and keys name it by
+`mix_name`: the kind itself when all heads share it, else `kind:count` parts in name order joined by `+`
+(`relu_softmax:2+scaling:2`); the cost of a layer does not depend on which head has which kind.
 """
 
-OP_MODULES = ("attention", "conv")
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+BASE_MODULES = ("attention", "activation", "conv")
+ATTENTION_KINDS = tuple(sorted(p.stem[len("attn_"):] for p in _HERE.glob("attn_*.py")))
+FFN_ACTIVATIONS = ("gelu", "hswish", "relu")
+DEFAULT_ATTENTION = "softmax"
+DEFAULT_ACTIVATION = "hswish"
+OP_MODULES = BASE_MODULES + tuple(f"attn_{kind}" for kind in ATTENTION_KINDS)
+# Expected cost under two-party computation, cheapest first (measured: `latency_tables/mpc-*.json`). A
+# space's choices are kept in this order, so its smallest arch takes the cheapest and its largest the
+# costliest (the all-softmax teacher). Kinds and activations not listed go last, by name.
+COST_ORDER = ("scaling", "quad", "relu_softmax", "softmax", "relu", "hswish", "gelu")
+
+
+def cost_order(names: list[str] | tuple[str, ...]) -> list[str]:
+    """`names` without repeats, cheapest first (`COST_ORDER`)."""
+    rank = {name: i for i, name in enumerate(COST_ORDER)}
+    return sorted(set(names), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def mix_name(kinds: tuple[str, ...] | list[str]) -> str:
+    """The name of a layer whose heads use `kinds` (one entry: every head)."""
+    counts = Counter(kinds)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "+".join(f"{kind}:{counts[kind]}" for kind in sorted(counts))
+
+
+def mix_counts(name: str, heads: int) -> dict[str, int]:
+    """Heads per kind of a layer named `name` (see `mix_name`) with `heads` heads; ValueError when the name is
+    malformed, names an unknown kind, or its counts do not add up to `heads`."""
+    if "+" not in name and ":" not in name:
+        counts = {name: heads}
+    else:
+        counts = {}
+        for part in name.split("+"):
+            kind, sep, raw = part.partition(":")
+            if not sep or not raw.isdigit() or int(raw) < 1 or kind in counts:
+                raise ValueError(f"attention {name!r}: each part is kind:count with a count >= 1, kinds once each")
+            counts[kind] = int(raw)
+        if len(counts) < 2 or list(counts) != sorted(counts):
+            raise ValueError(f"attention {name!r}: a mix names two or more kinds in name order")
+        if sum(counts.values()) != heads:
+            raise ValueError(f"attention {name!r}: the counts add up to {sum(counts.values())}, the layer has "
+                             f"{heads} heads")
+    unknown = sorted(set(counts) - set(ATTENTION_KINDS))
+    if unknown:
+        raise ValueError(f"unknown attention kind {unknown[0]!r} (known: {', '.join(ATTENTION_KINDS)})")
+    return counts

@@ -1,38 +1,55 @@
 """Attention op variants (torch only; exports carry a copy of this file as `ops_attention.py`).
 
 Every function takes the weights it uses as arguments, so the supernet passes slices of its largest weights
-and the static model its own: one formula serves both. Attention kinds are registered by name
-(`ATTENTION_KINDS`, `get_attention`): a kind maps (q, k, v, scale, bias) to the attended values.
+and the static model its own: one formula serves both. The attention kinds live in their own modules
+(`attn_<kind>.py`, each a `normalise(scores)`); `attend` takes a registry of them, so this file imports none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor | None], torch.Tensor]
+Normaliser = Callable[[torch.Tensor], torch.Tensor]
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v, per head (q, k: B x heads x N x d; v: B x heads x N x dv)."""
-    scores = (q @ k.transpose(-2, -1)) * scale
-    if bias is not None:
-        scores = scores + bias
-    return torch.softmax(scores, dim=-1) @ v
+def scores(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """q k^T * scale (+ bias), per head (q, k: B x heads x N x d; bias: 1 x heads x N x N)."""
+    out = (q @ k.transpose(-2, -1)) * scale
+    return out if bias is None else out + bias
 
 
-ATTENTION_KINDS: dict[str, AttentionFn] = {"softmax": softmax_attention}
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None,
+           kinds: Sequence[str], registry: Mapping[str, Normaliser]) -> torch.Tensor:
+    """normalise(scores) v per head (v: B x heads x N x dv), where `kinds` names the kind of every head, or
+    holds one kind for all of them; `registry` maps a kind to its `normalise` (an `attn_<kind>` module's).
+    Heads of one kind are computed together."""
+    heads = q.shape[1]
+    if len(set(kinds)) == 1:
+        return registry[kinds[0]](scores(q, k, scale, bias)) @ v
+    if len(kinds) != heads:
+        raise ValueError(f"{len(kinds)} attention kinds for {heads} heads")
+    parts, order = [], []
+    for kind in sorted(set(kinds)):
+        heads_of_kind = [h for h, name in enumerate(kinds) if name == kind]
+        index = torch.tensor(heads_of_kind, device=q.device)
+        part_bias = None if bias is None else bias.index_select(1, index)
+        part = scores(q.index_select(1, index), k.index_select(1, index), scale, part_bias)
+        parts.append(registry[kind](part) @ v.index_select(1, index))
+        order += heads_of_kind
+    inverse = torch.tensor(sorted(range(heads), key=order.__getitem__), device=q.device)
+    return torch.cat(parts, dim=1).index_select(1, inverse)
 
 
-def get_attention(name: str) -> AttentionFn:
-    """The attention kind `name`; an unknown name lists the known ones."""
-    try:
-        return ATTENTION_KINDS[name]
-    except KeyError:
-        raise ValueError(f"unknown attention kind {name!r} (known: {', '.join(sorted(ATTENTION_KINDS))})") from None
+def attend_mixed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None,
+                 first: Normaliser, second: Normaliser, weight: torch.Tensor) -> torch.Tensor:
+    """MPCViT's relaxed choice per head: weight x first's attention + (1 - weight) x second's, `weight` one
+    number in [0, 1] per head (differentiable in it)."""
+    s = scores(q, k, scale, bias)
+    w = weight.view(1, -1, 1, 1)
+    return (w * first(s) + (1 - w) * second(s)) @ v
 
 
 def relative_position_index(side: int, table_side: int) -> torch.Tensor:
