@@ -3,9 +3,11 @@
 A subnet extracted from the supernet (`Supernet.extract`, BatchNorm calibrated as for its search accuracy)
 trains for `epochs` on the training split with AdamW, a one-cycle schedule (warm-up over 30% of the steps from
 lr/25 to lr, cosine annealing to ~0), label smoothing and `train.augment`; with `distill > 0` its loss is
-`(1 - distill) * label loss + distill * KL(teacher || student)`, the teacher being the supernet's largest
-subnet. Its BatchNorm statistics are then re-estimated exactly on the calibration images (clean, as at
-evaluation), and it is scored on the validation images the search used and on the test split.
+`(1 - distill) * label loss + distill * KL(teacher || student)`, plus `feature_weight * MSE` between the
+token features of student and teacher (MPCViT), the teacher being `teacher` (`nas.distill`: the supernet's
+largest subnet, the student's all-softmax arch, or an external model). Its BatchNorm statistics are then
+re-estimated exactly on the calibration images (clean, as at evaluation), and it is scored on the validation
+images the search used and on the test split.
 
 Results are kept beside the inherited ones: the weights (a state dict of the `nas.static_model` network, loadable
 with `weights_only=True`) go atomically to `<job run dir>/finetuned/c<ID>.pt`, recorded as the store artifact
@@ -31,13 +33,14 @@ from tqdm import tqdm
 
 from nas import static_model
 from nas.augment import augment_batch, epoch_generator
+from nas.distill import distill_terms, features_and_logits, softmax_teacher, teacher_model
 from nas.errors import NASError
 from nas.evaluate import Evaluator, accuracy, calibrate_batchnorm
 from nas.files import exclusive_lock, write_atomic
 from nas.space import ArchConfig
 from nas.spec import ONECYCLE_WARMUP_FRACTION, AugmentSpec, FinetuneSpec, Spec
 from nas.store import CandidateRecord, Metric, Store
-from nas.train import _first_line, distill_loss, label_loss, load_weights_only, schedule_for
+from nas.train import _first_line, label_loss, load_weights_only, schedule_for
 
 if TYPE_CHECKING:
     from nas.data import Splits
@@ -58,6 +61,9 @@ class Recipe:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     distill: float = 0.0
+    teacher: str = "largest"  # nas.distill.TEACHERS
+    feature_weight: float = 0.0
+    checkpoint: str | None = None  # the external teacher
     augment: AugmentSpec | None = None
     batch_size: int = 128
     seed: int = 0
@@ -74,7 +80,8 @@ class Recipe:
                    lr=lr if lr is not None else (tune.lr or spec.train.optimizer.lr),
                    weight_decay=spec.train.optimizer.weight_decay,
                    label_smoothing=label_smoothing if label_smoothing is not None else tune.label_smoothing,
-                   distill=distill if distill is not None else tune.distill,
+                   distill=distill if distill is not None else tune.distill, teacher=tune.teacher,
+                   feature_weight=tune.feature_weight, checkpoint=tune.checkpoint,
                    augment=spec.train.augment, batch_size=spec.data.batch_size, seed=spec.search.seed)
 
 
@@ -126,12 +133,14 @@ def train_subnet(model: nn.Module, images_all: torch.Tensor, labels_all: torch.T
             images = augment_batch(images_all[idx], recipe.augment, shifts).contiguous(
                 memory_format=torch.channels_last)
             labels = labels_all[idx]
-            logits = model(images)
+            features = teacher is not None and recipe.feature_weight > 0
+            feats, logits = features_and_logits(model, images, features)
             loss = label_loss(logits, labels, recipe.label_smoothing)
-            if teacher is not None and recipe.distill > 0:
+            if teacher is not None and _distils(recipe):
                 with torch.no_grad():
-                    soft = teacher(images)
-                loss = (1.0 - recipe.distill) * loss + recipe.distill * distill_loss(logits, soft)
+                    teacher_feats, soft = features_and_logits(teacher, images, features)
+                kl, mse = distill_terms(logits, soft, feats, teacher_feats)
+                loss = (1.0 - recipe.distill) * loss + recipe.distill * kl + recipe.feature_weight * mse
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
@@ -144,16 +153,21 @@ def train_subnet(model: nn.Module, images_all: torch.Tensor, labels_all: torch.T
     return losses
 
 
+def _distils(recipe: Recipe) -> bool:
+    return recipe.distill > 0 or recipe.feature_weight > 0
+
+
 def finetune_subnet(evaluator: Evaluator, arch: ArchConfig, splits: Splits, recipe: Recipe,
                     teacher_arch: ArchConfig | None = None, progress: bool = False,
                     desc: str = "finetune") -> tuple[nn.Module, list[float]]:
     """`arch`'s subnet with inherited weights, fine-tuned by `recipe` and BatchNorm-calibrated, in eval mode, and
-    each epoch's mean loss. With `recipe.distill`, the teacher is `teacher_arch` (default: the largest subnet)."""
+    each epoch's mean loss. With `recipe.distill` or `recipe.feature_weight`, the teacher is `teacher_arch`'s
+    subnet when given, else `recipe.teacher` (`nas.distill.teacher_model`)."""
     model = evaluator.subnet(arch)
     teacher = None
-    if recipe.distill > 0:
-        teacher = evaluator.subnet(teacher_arch if teacher_arch is not None else evaluator.supernet.space.largest())
-        teacher.eval().requires_grad_(False)
+    if _distils(recipe):
+        teacher = (evaluator.subnet(teacher_arch).eval().requires_grad_(False) if teacher_arch is not None else
+                   teacher_model(recipe.teacher, arch, evaluator, splits, recipe.checkpoint))
     losses = train_subnet(model, splits.x_train, splits.y_train, recipe, teacher, progress, desc)
     calibrate_batchnorm(model, evaluator.calibration)
     return model.eval(), losses
@@ -234,13 +248,16 @@ def _train_parallel(evaluator: Evaluator, archs: Sequence[ArchConfig], splits: S
     a 2-core machine ~1.7x better than one two-threaded after the other); each subnet calibrated, in eval
     mode, with its epoch losses and training seconds, in the order of `archs`."""
     space = evaluator.supernet.space
-    teacher_description = teacher_state = None
-    if any(recipe.distill > 0 for recipe in recipes):
-        largest = space.largest()
-        teacher_description, teacher_state = space.describe(largest), evaluator.subnet(largest).state_dict()
+
+    def teacher_of(arch: ArchConfig, recipe: Recipe) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+        if not _distils(recipe):
+            return None, None
+        teacher = space.largest() if recipe.teacher == "largest" else softmax_teacher(arch, space)
+        return space.describe(teacher), evaluator.subnet(teacher).state_dict()
+
     # The costliest first (longest-processing-time order), so the last to start is a short one.
     order = sorted(range(len(archs)), key=lambda i: (-space.flops(archs[i]) * recipes[i].epochs, i))
-    jobs = [(space.describe(archs[i]), evaluator.subnet(archs[i]).state_dict(), teacher_description, teacher_state,
+    jobs = [(space.describe(archs[i]), evaluator.subnet(archs[i]).state_dict(), *teacher_of(archs[i], recipes[i]),
              recipes[i]) for i in order]
     context = multiprocessing.get_context("spawn")  # never fork a process whose OpenMP pool is running
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
@@ -317,7 +334,7 @@ def finetune_front(store: Store, ctx: Context, evaluator: Evaluator, candidate_i
     todo = [r for r in picked if not (r.metric("finetune_epochs") == float(recipes[r.candidate_id].epochs)
                                       and finetuned_weights(store, r))]
     workers = min(workers or ctx.spec.search.workers, os.cpu_count() or 1, len(todo))
-    if workers <= 1:
+    if workers <= 1 or base.teacher == "external":  # an external teacher is loaded in this process only
         return [finetune_candidate(store, r, ctx, evaluator, run_dir, recipes[r.candidate_id], log=log) for r in todo]
     if log is not None:
         epochs = ", ".join(f"c{r.candidate_id}: {recipes[r.candidate_id].epochs}" for r in todo)

@@ -256,6 +256,8 @@ def _run_job(job_id: int, ctx: Context, supernet: Supernet, models: dict[str, La
             # Candidates an earlier run stored that this replay did not ask for again still count.
             seen = {r.arch.arch_hash() for r in outcome.results}
             results = outcome.results + [r for h, r in stored.items() if h not in seen]
+            if spec.search.mpcvit is not None:
+                results += _head_search(ctx, supernet, evaluator, models, results, on_result, log)
             if not results:
                 raise NASError(f"job {job_id}: the search produced no candidates (see {run_dir / 'tune'})")
             _store_fronts(job_id, ctx, evaluator, results, ids, names, store, log, run_dir if export else None)
@@ -267,6 +269,34 @@ def _run_job(job_id: int, ctx: Context, supernet: Supernet, models: dict[str, La
         store.finish_job(job_id, status)
     front_records = {r.candidate_id: r for t in names for r in store.pareto(job_id, t)}
     return sorted(front_records.values(), key=lambda r: r.metric("latency_ms", names[0]) or 0.0)
+
+
+def _head_search(ctx: Context, supernet: Supernet, evaluator: Evaluator, models: dict[str, LatencyModel],
+                 results: list[CandidateResult], on_result: Callable[[CandidateResult], None],
+                 log: Log) -> list[CandidateResult]:
+    """`search.mpcvit`: MPCViT's head search on the first target; its archs not yet among `results`, scored
+    and stored as candidates (returned)."""
+    from nas.mpcvit import search_heads
+    from nas.search import CandidateScorer
+
+    spec = ctx.spec
+    mpcvit = spec.search.mpcvit
+    assert mpcvit is not None
+    base = (ctx.space.largest() if mpcvit.arch == "largest" else
+            ArchConfig.from_dict((spec.presets or {})[mpcvit.arch].arch_dict()))
+    target = next(iter(models))
+    found = search_heads(supernet, evaluator, base, mpcvit, models[target], ctx.splits.x_train, spec.search.seed, log)
+    known = {r.arch.arch_hash() for r in results}
+    scorer = CandidateScorer(ctx.space, evaluator, models)
+    new = []
+    for arch in found.archs:
+        if arch.arch_hash() in known:
+            continue
+        result = scorer.score(arch)
+        on_result(result)
+        new.append(result)
+    log(f"mpcvit: {len(new)} new candidate(s) from the head search on {target}")
+    return new
 
 
 def _store_fronts(job_id: int, ctx: Context, evaluator: Evaluator, results: list[CandidateResult],

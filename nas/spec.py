@@ -859,8 +859,11 @@ class FinetuneSpec(_Strict):
     them evenly along the front by MACs, smallest and largest included, so the whole front a user deploys from
     is fine-tuned; `accuracy` takes the most accurate by validation accuracy. Each subnet trains alone with
     AdamW (`lr`, default train.optimizer.lr; weight decay train.optimizer.weight_decay), a one-cycle schedule,
-    `label_smoothing` and train.augment; `distill` is the weight (0..1) of a KL term to the supernet's largest
-    subnet, the rest going to the labels."""
+    `label_smoothing` and train.augment; `distill` is the weight (0..1) of a KL term to the teacher, the rest
+    going to the labels, and `feature_weight` the weight of an MSE term between the token features (the last
+    stage's output) of student and teacher (MPCViT's distillation). `teacher`: `largest` (the supernet's
+    largest subnet), `softmax` (the student's own arch with softmax in every head: MPCViT's teacher for an
+    MPC-friendly student) or `external` (`checkpoint`: an exported model folder or TorchScript file)."""
 
     top: _upto(MAX_CANDIDATES) = 3
     epochs: int | list[int] = 2
@@ -888,6 +891,48 @@ class FinetuneSpec(_Strict):
     lr: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = None
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     distill: UnitFloat = 0.0
+    teacher: Literal["largest", "softmax", "external"] = "largest"
+    feature_weight: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] = 0.0
+    checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _teacher_fields(self) -> FinetuneSpec:
+        if (self.teacher == "external") != (self.checkpoint is not None):
+            raise ValueError("`teacher: external` needs `checkpoint` (an exported model folder or TorchScript file), "
+                             "and `checkpoint` is only used with it")
+        return self
+
+
+class MPCViTSpec(_Strict):
+    """`search.mpcvit`: MPCViT's differentiable head search, run after the engine's search. Every head of the
+    `arch` (`largest`, or a preset's name) mixes the attention kinds `between` (the costlier first, e.g.
+    [softmax, scaling]) with a learnable weight: out = w first + (1 - w) second, w = sigmoid(logit). The supernet's
+    weights stay frozen; the logits train for `steps` batches (Adam, `lr`) on KL to the all-softmax subnet plus
+    `feature_weight` x MSE on its token features, plus `penalty` x the expected cost: each head's weight times
+    what its costlier kind adds to the latency on the first target, over the arch's latency gap between all
+    costlier and all cheaper. Each of `budgets` (fractions of that gap) is then met by giving the costlier kind
+    to the heads of the largest weights while the latency stays within the budget; each becomes a candidate of
+    the job, evaluated and stored like any other. Needs `attention_per_head` and both kinds in every
+    transformer stage."""
+
+    between: Annotated[list[str], Field(min_length=2, max_length=2)] = ["softmax", "scaling"]
+    arch: str = "largest"
+    steps: _upto(MAX_STEPS) = 200
+    lr: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] = 0.05
+    penalty: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] = 1.0
+    feature_weight: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] = 1.0
+    budgets: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]],
+                       Field(min_length=1, max_length=64)] = [0.1, 0.25, 0.5, 0.75]
+
+    @field_validator("between")
+    @classmethod
+    def _two_known_kinds(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in ATTENTION_KINDS]
+        if unknown:
+            raise ValueError(f"unknown attention kind {quote(unknown[0], 60)} (known: {', '.join(ATTENTION_KINDS)})")
+        if value[0] == value[1]:
+            raise ValueError(f"`between` names two different attention kinds, got {value[0]!r} twice")
+        return value
 
 
 class SearchSpec(_Strict):
@@ -899,6 +944,7 @@ class SearchSpec(_Strict):
     val_images: _upto(MAX_IMAGES) | None = None
     calibration_images: _upto(MAX_IMAGES) = 2000  # training images that re-estimate a subnet's BatchNorm
     finetune: FinetuneSpec | None = None
+    mpcvit: MPCViTSpec | None = None
 
 
 class Objective(_Strict):
@@ -1052,6 +1098,27 @@ class Spec(_Strict):
                 f"search.population ({self.search.population}) must be <= search.candidates "
                 f"({self.search.candidates})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _mpcvit_fits(self) -> Spec:
+        mpcvit = self.search.mpcvit
+        if mpcvit is None:
+            return self
+        stages = [(i, s) for i, s in enumerate(self.space.stages) if isinstance(s, TransformerStageSpec)]
+        if not stages:
+            raise ValueError("search.mpcvit: the space has no transformer stage whose heads could be searched")
+        for i, stage in stages:
+            if not stage.attention_per_head:
+                raise ValueError(f"search.mpcvit: space.stages[{i}] chooses attention per layer; the head search "
+                                 "needs `attention_per_head: true`")
+            missing = [kind for kind in mpcvit.between if kind not in stage.attention]
+            if missing:
+                raise ValueError(f"search.mpcvit.between: {missing[0]!r} is not among space.stages[{i}].attention "
+                                 f"({', '.join(stage.attention)})")
+        if mpcvit.arch != "largest" and mpcvit.arch not in (self.presets or {}):
+            known = ", ".join(["largest", *sorted(self.presets or {})])
+            raise ValueError(f"search.mpcvit.arch: {mpcvit.arch!r} is neither `largest` nor a preset (known: {known})")
         return self
 
     def to_dict(self) -> dict[str, Any]:

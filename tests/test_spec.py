@@ -252,3 +252,40 @@ def test_the_cli_refuses_bad_files_with_exit_code_2(workspace, tmp_path: Path) -
         proc = workspace.run("validate", str(path), check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"error: {path}: ")
+
+
+def _mpc_vit() -> dict:
+    return yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "mpc_vit.yaml").read_text())
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"attention": ["softmax", "cubic"]},
+     "space.stages[0].attention: unknown attention kind 'cubic' (known: quad, relu_softmax, scaling, softmax)"),
+    ({"ffn_act": ["tanh"]}, "space.stages[0].ffn_act: unknown activation 'tanh' (known: gelu, hswish, relu)"),
+    ({"channels": [16, 32], "head_dim": 16},
+     "space.stages[0]: attention_per_head: a per-head choice needs at least 2 heads, but channels 16 / head_dim 16"),
+    ({"channels": [272], "head_dim": 16}, "at most 16 heads can be chosen per head"),
+])
+def test_bad_attention_choices_name_the_field(change: dict, expected: str) -> None:
+    raw = _mpc_vit()
+    raw["space"]["stages"][0].update(change)
+    assert expected in _error(raw)
+
+
+def test_attention_choices_are_kept_cheapest_first() -> None:
+    stage = parse_spec(_mpc_vit(), "mpc_vit.yaml").space.stages[0]
+    assert stage.attention == ["scaling", "quad", "relu_softmax", "softmax"]
+    assert stage.ffn_act == ["relu", "hswish", "gelu"]
+
+
+def test_a_preset_with_per_head_kinds_that_do_not_fit_its_heads() -> None:
+    raw = _mpc_vit()
+    layer = {"mlp_ratio": 2, "v_scale": 1, "attention": ["softmax", "scaling", "softmax"], "act": "relu"}
+    raw["presets"] = {"mine": {"resolution": 28, "stem": 16, "head": 64,
+                               "stages": [{"channels": 64, "layers": [layer, layer]}]}}
+    assert "presets: mine: arch is not in the space: stages[0].layers[0].attention (one kind per head: 4 heads at " \
+           "64 channels, got 3)" in _error(raw)
+    layer["attention"] = ["softmax", "scaling", "softmax", "scaling"]
+    parse_spec(raw, "mpc_vit.yaml")  # fits: 4 heads
+    layer["attention"] = "softmax"
+    assert "one kind per head" in _error(raw)

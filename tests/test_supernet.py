@@ -1,10 +1,12 @@
 """Invariants of the elastic supernet: extracted subnets compute exactly what the supernet computes, and the
 networks built are exactly the blocks the latency models price.
 
-Every invariant runs on two spaces: the tiny digits space (every build option at its default) and
+Every invariant runs on three spaces: the tiny digits space (every build option at its default),
 `ELASTIC`, a small space with every ElasticViT option on (expand 1 without a 1x1 conv, avg-pool + conv
 shortcuts, SE in the transformer downsample, depthwise conv on V, relative position bias over grids of two
-sizes, hard-swish before the projection, no q/k/v bias, head width tied to the last stage, final layer).
+sizes, hard-swish before the projection, no q/k/v bias, head width tied to the last stage, final layer), and
+`MPC`, whose heads each choose one of every attention kind and whose FFNs choose every activation, in two
+stages of different head counts (a layer with fewer heads than the most slices the leading heads).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas import static_model
 from nas.blocks import Block
+from nas.ops import ATTENTION_KINDS, FFN_ACTIVATIONS, mix_name
 from nas.space import ArchConfig, ConvLayer, SearchSpace, network_blocks
 from nas.spec import parse_spec
 from nas.supernet import ElasticConvBN, Supernet
@@ -44,6 +47,21 @@ space:
   head: {{expand: [2, 3], final_channels: [24, 40]}}
 data: {{dataset: digits}}
 """
+MPC = f"""
+version: 1
+name: mpc-options
+space:
+  resolution: [8]
+  stem: {{channels: [8, 16], stride: 1}}
+  stages:
+    - {{type: transformer, depth: [1, 2], channels: [16, 32], head_dim: 8, mlp_ratio: [2], v_scale: [1, 2],
+       stride: 2, attention: [{", ".join(ATTENTION_KINDS)}], attention_per_head: true,
+       ffn_act: [{", ".join(FFN_ACTIVATIONS)}]}}
+    - {{type: transformer, depth: [1, 2], channels: [24, 48], head_dim: 8, mlp_ratio: [2, 3], v_scale: [1],
+       stride: 1, attention: [softmax, scaling], ffn_act: [relu, gelu], {_ATTN}}}
+  head: {{channels: [32]}}
+data: {{dataset: digits}}
+"""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,10 +71,16 @@ def elastic_space() -> SearchSpace:
     return SearchSpace.from_spec(parse_spec(yaml.safe_load(ELASTIC), "elastic"), in_channels=3, num_classes=7)
 
 
-@pytest.fixture(scope="module", params=["tiny", "elastic"])
+def mpc_space() -> SearchSpace:
+    return SearchSpace.from_spec(parse_spec(yaml.safe_load(MPC), "mpc"), in_channels=3, num_classes=7)
+
+
+@pytest.fixture(scope="module", params=["tiny", "elastic", "mpc"])
 def space(request, tiny_spec_path) -> SearchSpace:
     if request.param == "elastic":
         return elastic_space()
+    if request.param == "mpc":
+        return mpc_space()
     spec = parse_spec(yaml.safe_load(tiny_spec_path.read_text()), "tiny")
     return SearchSpace.from_spec(spec, in_channels=3, num_classes=7)
 
@@ -177,8 +201,9 @@ def built_blocks(net: static_model.Network) -> list[Block]:
                 blocks.append(Block("attn", side, width, width, v_scale=attn.v_dim // attn.head_dim,
                                     head_dim=attn.head_dim, v_dwconv=attn.v_conv is not None,
                                     rel_pos_bias=attn.rel_bias is not None, proj_act=attn.proj_act,
-                                    qkv_bias=attn.qk.bias is not None))
-                blocks.append(Block("ffn", side, width, width, mlp_ratio=ffn.fc1.out_features // width))
+                                    qkv_bias=attn.qk.bias is not None, attention=mix_name(attn.kinds)))
+                blocks.append(Block("ffn", side, width, width, mlp_ratio=ffn.fc1.out_features // width,
+                                    act=ffn.act_name))
         else:
             blocks += [conv_block("mbconv", layer) for layer in stage]
     head = net.head
@@ -257,6 +282,8 @@ def test_format_1_descriptions_build_the_network_they_described(space: SearchSpa
             stage.pop(key, None)
         for layer in stage["layers"]:
             layer.setdefault("expand", 1) if stage["type"] == "conv" else None
+            layer.pop("attention", None)  # format 3 on
+            layer.pop("act", None)
     old["head"] = {"channels": old["head"]["channels"]}
     net = static_model.build(old)
     blocks = network_blocks(old, arch.resolution)

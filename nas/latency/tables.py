@@ -8,6 +8,11 @@ What else a table holds depends on its provenance:
     fitted     model (coefficients per block kind)
     imported   entries (our block key -> {"ms"}) and model (the fit used where a block has no entry)
 
+A table may also name a `cost_model` other than plain milliseconds per block; its model is then picked by it:
+
+    mpc        measured in SPU: protocol, field, parties, profile (bandwidth_mbps, rtt_ms) and entries (piece
+               key -> {"rounds", "bytes", "compute_ms"}); see `nas.latency.mpc`
+
 Writes go to a temporary file that is then renamed, so a failed measurement or import never leaves a
 half-written or lost table.
 """
@@ -27,7 +32,9 @@ from nas.errors import LatencyError
 TABLE_VERSION = 1
 PROVENANCES = ("measured", "fitted", "imported")
 REQUIRED_FIELDS = ("format_version", "target", "device", "runtime", "threads", "date", "method", "provenance")
-SHIPPED_TARGETS = ("host", "pixel6")  # names the project defines; an import may not take them without --force
+COST_MODELS = ("mpc",)
+# Names the project defines; an import may not take them without --force.
+SHIPPED_TARGETS = ("host", "pixel6", "mpc-lan", "mpc-wan")
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -85,6 +92,14 @@ def table_problems(data: dict[str, Any]) -> list[str]:
     validation = data.get("validation")
     if validation is not None and not isinstance(validation, dict):
         problems.append(f"validation: must be an object or null, got {type(validation).__name__}")
+    cost_model = data.get("cost_model")
+    if cost_model is not None:
+        if cost_model not in COST_MODELS:
+            return [*problems, f"cost_model: must be one of {', '.join(COST_MODELS)} (or absent), got "
+                               f"{quote(cost_model)}"]
+        from nas.latency.mpc import mpc_problems
+
+        return problems + mpc_problems(data)
     if provenance in ("measured", "imported"):
         entries = data.get("entries")
         if not isinstance(entries, dict):

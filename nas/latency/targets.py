@@ -1,7 +1,8 @@
 """Latency targets: a `LatencyModel` per device, loaded from its table file.
 
 Lifecycle: `load_target(name)` reads `latency_tables/<name>.json` and picks the model class registered for
-the table's provenance (`measured`, `fitted`, `imported`); `check_covers(blocks)` is called once before a
+the table's `cost_model` when it names one (`mpc`: `nas.latency.mpc`), else for its provenance (`measured`,
+`fitted`, `imported`); `check_covers(blocks)` is called once before a
 search (a measured table must hold every block of the space); `predict(blocks)` is called per candidate and
 must be cheap (microseconds). A prediction outside what a model knows is flagged, not refused: the flag
 (`Prediction.flag`) is stored with the candidate's latency metric.
@@ -132,9 +133,11 @@ def _is_number(value: Any) -> bool:
 _MODEL_KINDS: dict[str, type[LatencyModel]] = {}
 
 
-def register_target_kind(provenance: str) -> Callable[[type[LatencyModel]], type[LatencyModel]]:
+def register_target_kind(kind: str) -> Callable[[type[LatencyModel]], type[LatencyModel]]:
+    """Register the model class of tables whose `cost_model` (else `provenance`) is `kind`."""
+
     def wrap(cls: type[LatencyModel]) -> type[LatencyModel]:
-        _MODEL_KINDS[provenance] = cls
+        _MODEL_KINDS[kind] = cls
         return cls
 
     return wrap
@@ -225,9 +228,10 @@ def load_target(name: str, directory: Path | None = None) -> LatencyModel:
     table = read_table(path)
     if table["target"] != name:
         raise LatencyError(f"{path}: target: the file is for target {table['target']!r}, not {name!r}")
-    kind = _MODEL_KINDS.get(table["provenance"])
+    field = "cost_model" if table.get("cost_model") is not None else "provenance"
+    kind = _MODEL_KINDS.get(table[field])
     if kind is None:
-        raise LatencyError(f"{path}: provenance {table['provenance']!r} has no model; known: {sorted(_MODEL_KINDS)}")
+        raise LatencyError(f"{path}: {field} {table[field]!r} has no model; known: {sorted(_MODEL_KINDS)}")
     return kind(name, table, path)
 
 
@@ -404,3 +408,6 @@ class ImportedTableModel(LatencyModel):
             out.update(fallback_heldout_blocks=f["n"], fallback_heldout_within_10pct=f["within_10pct"],
                        fallback_heldout_mean_abs_pct_err=f["mean_abs_pct_err"])
         return out
+
+
+from nas.latency import mpc  # noqa: E402, F401  (registers the `mpc` cost model; it imports this module)
