@@ -370,7 +370,24 @@ def show(candidate_id: int, store_url: str | None, as_json: bool) -> None:
         flag = record.get("flags", {}).get(target)
         click.echo(f"{'latency_ms':>14}: {target} {ms:.3f}{' (' + flag + ')' if flag else ''}")
     click.echo(f"{'pareto':>14}: {', '.join(record['pareto']) or '-'}")
+    for line in _layer_lines(record["arch"]):
+        click.echo(f"{'':>14}  {line}")
     click.echo(f"{'arch':>14}: {json.dumps(record['arch'])}")
+
+
+def _layer_lines(arch: dict[str, Any]) -> list[str]:
+    """One line per transformer layer: its attention (per head where the heads differ) and FFN activation."""
+    lines = []
+    for i, stage in enumerate(arch.get("stages", [])):
+        for j, layer in enumerate(stage.get("layers", [])):
+            if "mlp_ratio" not in layer:
+                continue
+            attention = layer.get("attention", "softmax")
+            kinds = [attention] if isinstance(attention, str) else list(attention)
+            shown = kinds[0] if len(set(kinds)) == 1 else " ".join(f"h{h}={k}" for h, k in enumerate(kinds))
+            lines.append(f"stage {i} layer {j}: attention {shown}; ffn {layer.get('act', 'hswish')} "
+                         f"x{layer['mlp_ratio']}")
+    return lines
 
 
 @main.command()
@@ -487,20 +504,36 @@ def _round_bar(total: int, runtime: str, desc: str, disabled: bool) -> tuple[Any
               help="Also time this many other random networks in the same session and store how well the "
                    "finished table predicts them.")
 @click.option("--refresh", is_flag=True, help="Re-measure every block, not just the missing ones.")
+@click.option("--mpc-profile", type=click.Choice(["lan", "wan"]),
+              help="Measure an MPC table (two-party SPU) for this network profile; implied by --target mpc-lan / "
+                   "mpc-wan or an existing MPC table.")
+@click.option("--bandwidth-mbps", type=click.FloatRange(min=0, min_open=True),
+              help="MPC: the profile's bandwidth in Mbit/s (with --rtt-ms: a custom profile).")
+@click.option("--rtt-ms", type=click.FloatRange(min=0), help="MPC: the profile's round-trip time in ms.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table path and counts as one JSON object.")
 @user_errors
 def latency_measure(target: str, specs: tuple[Path, ...], runtime: str, threads: int, calibration: int,
-                    validate_n: int, refresh: bool, no_progress: bool, as_json: bool) -> None:
+                    validate_n: int, refresh: bool, mpc_profile: str | None, bandwidth_mbps: float | None,
+                    rtt_ms: float | None, no_progress: bool, as_json: bool) -> None:
     """Time every distinct block of the spaces on this machine, plus calibration networks, into
-    latency_tables/TARGET.json; then `nas latency validate` measures how well it predicts other networks."""
+    latency_tables/TARGET.json; then `nas latency validate` measures how well it predicts other networks.
+
+    MPC targets (mpc-lan, mpc-wan, or --mpc-profile): run every piece of the spaces' blocks in SPU's two-party
+    simulator instead (--runtime, --threads and --calibration do not apply); --validate N runs N small random
+    networks whole in SPU to check the table's sums."""
     from nas.blocks import Block
     from nas.latency.host import check_runtime
     from nas.latency.measure import measure_host_table
+    from nas.latency.mpc import resolve_profile
     from nas.latency.tables import check_target_name
     from nas.latency.validate import CALIBRATION_SEED, VALIDATION_SEED, random_networks
 
     check_target_name(target)
+    profile = resolve_profile(target, mpc_profile, bandwidth_mbps, rtt_ms)
+    if profile is not None:
+        _measure_mpc(target, specs, profile, validate_n, refresh, no_progress, as_json)
+        return
     check_runtime(runtime)
     spaces, names = _spaces(specs)
     blocks: set[Block] = set()
@@ -538,6 +571,51 @@ def latency_measure(target: str, specs: tuple[Path, ...], runtime: str, threads:
         click.echo(f"  next: nas latency validate --target {target}" + "".join(f" --spec {n}" for n in names))
 
 
+def _spu_bar(desc: str, disabled: bool) -> tuple[Any, Callable[[int], None], Callable[[str], None]]:
+    """A progress bar over SPU runs: (bar, plan(total), tick(event))."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, disable=disabled, unit="run")
+
+    def plan(total: int) -> None:
+        bar.total = total
+        bar.refresh()
+
+    return bar, plan, lambda _event: bar.update(1)
+
+
+def _measure_mpc(target: str, specs: tuple[Path, ...], profile: Any, validate_n: int, refresh: bool,
+                 no_progress: bool, as_json: bool) -> None:
+    from nas.latency.mpc import measure_mpc, stored_specs
+
+    spaces, names = _spaces(specs or tuple(Path(name) for name in stored_specs(target)))
+    bar, plan, tick = _spu_bar(f"measure {target} (SPU)", no_progress)
+    info = measure_mpc(target, spaces, profile, names, refresh, validate_n, progress=tick, plan=plan)
+    bar.close()
+    if as_json:
+        _echo_json(info)
+        return
+    copied = f", {info['copied']} copied from {', '.join(info['copied_from'])}" if info["copied"] else ""
+    click.echo(f"{info['table']}: {info['pieces']} pieces ({info['measured']} measured in SPU{copied}, "
+               f"{info['present']} already present) in {info['seconds']:.0f} s; profile {profile.name} "
+               f"({profile.bandwidth_mbps:g} Mbit/s, {profile.rtt_ms:g} ms round trip)")
+    if info["validation"]:
+        _echo_mpc_validation(target, info["validation"])
+    else:
+        click.echo(f"  next: nas latency validate --target {target}" + "".join(f" --spec {n}" for n in names))
+
+
+def _echo_mpc_validation(target: str, result: dict[str, Any]) -> None:
+    def err(name: str) -> str:
+        return f"{result[name]['mean_abs']:.2f}% (max {result[name]['max_abs']:.2f}%)"
+
+    click.echo(f"{target}: {result['n']} small networks run whole in SPU {result['spu_version']} vs the table's sums "
+               f"of pieces, mean abs error: rounds {err('rounds_err_pct')}, bytes {err('bytes_err_pct')}, compute "
+               f"{err('compute_err_pct')}")
+    click.echo("  latency: " + ", ".join(f"{name} {v['mean_abs']:.2f}% (max {v['max_abs']:.2f}%)"
+                                         for name, v in result["latency_err_pct"].items()))
+
+
 def _echo_validation(target: str, result: dict[str, Any]) -> None:
     plain = result["plain_sum"]
     click.echo(f"{target}: {result['n']} held-out networks ({result['runtime']}, {result['threads']} thread(s), "
@@ -560,21 +638,38 @@ def _echo_validation(target: str, result: dict[str, Any]) -> None:
 @click.option("--target", default="host", show_default=True, help="The measured table to validate.")
 @click.option("--spec", "specs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Spec(s) whose random subnets to time (repeatable; default: every search_spaces/*.yaml).")
-@click.option("--n", "count", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Random subnets timed end to end (never the table's calibration networks).")
+@click.option("--n", "count", type=click.IntRange(min=1),
+              help="Random subnets timed end to end (never the table's calibration networks) [default: 50; MPC "
+                   "tables: 10 small ones run in SPU].")
 @click.option("--seed", type=int, default=2, show_default=True, help="Seed of the random subnets.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as one JSON object.")
 @user_errors
-def latency_validate(target: str, specs: tuple[Path, ...], count: int, seed: int, no_progress: bool,
+def latency_validate(target: str, specs: tuple[Path, ...], count: int | None, seed: int, no_progress: bool,
                      as_json: bool) -> None:
     """Time N random subnets end to end with the table's runtime and threads, compare them with the table's
-    predictions, and store the share within +-5% / +-10% and the mean and max error in the table."""
+    predictions, and store the share within +-5% / +-10% and the mean and max error in the table.
+
+    MPC tables: run N small random subnets whole in SPU and store how far the table's sums of pieces fall from
+    their rounds, bytes, compute time and latency per profile."""
+    from nas.latency.mpc import COST_MODEL, VALIDATION_N, stored_specs, validate_mpc_table
     from nas.latency.tables import table_path
     from nas.latency.targets import load_target
     from nas.latency.validate import check_measured, runtime_of, validate_table
 
     model = load_target(target)  # a missing or broken table fails here, before anything is timed
+    if model.table.get("cost_model") == COST_MODEL:
+        spaces, names = _spaces(specs or tuple(Path(name) for name in stored_specs(target)))
+        bar, plan, tick = _spu_bar(f"validate {target} (SPU)", no_progress)
+        result = validate_mpc_table(model.path, spaces, count or VALIDATION_N, seed, progress=tick,
+                                    spec_names=names, plan=plan)
+        bar.close()
+        if as_json:
+            _echo_json({k: v for k, v in result.items() if k not in ("networks", "profiles")})
+        else:
+            _echo_mpc_validation(target, result)
+        return
+    count = count or 50
     check_measured(model.table, model.path)
     spaces, names = _spaces(specs)
     bar, tick = _round_bar(count + len((model.table.get("calibration") or {}).get("networks", [])),
@@ -615,6 +710,14 @@ def latency_import(source: Path, fmt: str, target: str, device: str | None, forc
 
 def _headline_text(info: dict[str, Any]) -> str:
     h = info.get("headline") or {}
+    if "rounds_mean_abs_pct_err" in h:
+        text = (f"validated in SPU on {h['networks']} whole networks: mean abs error rounds "
+                f"{h['rounds_mean_abs_pct_err']:.2f}%, bytes {h['bytes_mean_abs_pct_err']:.2f}%, compute "
+                f"{h['compute_mean_abs_pct_err']:.2f}%")
+        if "latency_mean_abs_pct_err" in h:
+            text += (f"; latency ({h['profile']}) {h['latency_mean_abs_pct_err']:.2f}% (max "
+                     f"{h['latency_max_abs_pct_err']:.2f}%)")
+        return text
     if "within_10pct" in h:
         text = (f"validated ({h['protocol']}) on {h['networks']} networks: {100 * h['within_10pct']:.1f}% within "
                 f"+-10%, {100 * h['within_5pct']:.1f}% within +-5%, mean abs error {h['mean_abs_pct_err']:.2f}%")
@@ -659,7 +762,11 @@ def targets(as_json: bool) -> None:
     else:
         for info in infos:
             how = info.get("runtime")
-            if info.get("threads") and info.get("provenance") == "measured":
+            if info.get("cost_model") == "mpc":
+                p = info["profile"]
+                how = (f"{how} {info.get('runtime_version')}, {info['protocol']}/{info['field']}, profile {p['name']}: "
+                       f"{p['bandwidth_mbps']:g} Mbit/s, {p['rtt_ms']:g} ms round trip")
+            elif info.get("threads") and info.get("provenance") == "measured":
                 how = f"{how}, {info['threads']} thread(s)"
             click.echo(f"{info['target']}: {info.get('provenance')} on {info.get('device')} ({how}, "
                        f"{str(info.get('date'))[:10]}); {info['path']}")

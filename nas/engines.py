@@ -75,11 +75,12 @@ def make_sampler(engine: str, seed: int, population: int) -> Any:
 
 
 def extreme_choices(space: SearchSpace) -> list[dict[str, Any]]:
-    """The dimension values of the space's smallest and largest archs (each dimension at its least / greatest
-    choice; checked against `smallest()` / `largest()`, and left out where the two differ)."""
+    """The dimension values of the space's smallest and largest archs (each dimension at its first / last
+    choice: the spec keeps numbers ascending and attention kinds and activations cheapest first; checked
+    against `smallest()` / `largest()`, and left out where the two differ)."""
     dims = space.dimensions()
-    ends = [({name: min(choices) for name, choices in dims}, space.smallest()),
-            ({name: max(choices) for name, choices in dims}, space.largest())]
+    ends = [({name: choices[0] for name, choices in dims}, space.smallest()),
+            ({name: choices[-1] for name, choices in dims}, space.largest())]
     return [values for values, arch in ends if space.from_choices(values) == arch]
 
 

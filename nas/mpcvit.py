@@ -156,7 +156,7 @@ def search_heads(supernet: Supernet, evaluator: Evaluator, base: ArchConfig, spe
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    weights = {s: float(torch.sigmoid(logits[(s.stage, s.layer)])[s.head]) for s in slots}
+    weights = {s: float(torch.sigmoid(logits[(s.stage, s.layer)].detach())[s.head]) for s in slots}
     archs = binarise(arch, space, latency, weights, first, second, spec.budgets)
     if log is not None:
         log(f"mpcvit: {len(slots)} heads, {spec.steps} steps (loss {losses[0]:.3f} -> {losses[-1]:.3f}); "
