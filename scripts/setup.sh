@@ -18,5 +18,6 @@ fi
 
 python3 -m pip install -q -e '.[dev,postgres]' 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi  # expose the new `nas` console script
+bash scripts/setup_mpc.sh  # SPU for MPC costs (nas.mpc), in its own venv
 python3 -c "import nas, cli, torch, ray, optuna, sqlalchemy" >&2
 echo "setup: done (nas $(python3 -c 'import nas; print(nas.__version__)'), torch $(python3 -c 'import torch; print(torch.__version__)'))" >&2
