@@ -609,7 +609,7 @@ def _echo_mpc_validation(target: str, result: dict[str, Any]) -> None:
     def err(name: str) -> str:
         return f"{result[name]['mean_abs']:.2f}% (max {result[name]['max_abs']:.2f}%)"
 
-    click.echo(f"{target}: {result['n']} small networks run whole in SPU {result['spu_version']} vs the table's sums "
+    click.echo(f"{target}: {result['n']} small networks run whole in SPU ({result['spu_version']}) vs the table's sums "
                f"of pieces, mean abs error: rounds {err('rounds_err_pct')}, bytes {err('bytes_err_pct')}, compute "
                f"{err('compute_err_pct')}")
     click.echo("  latency: " + ", ".join(f"{name} {v['mean_abs']:.2f}% (max {v['max_abs']:.2f}%)"
@@ -764,7 +764,7 @@ def targets(as_json: bool) -> None:
             how = info.get("runtime")
             if info.get("cost_model") == "mpc":
                 p = info["profile"]
-                how = (f"{how} {info.get('runtime_version')}, {info['protocol']}/{info['field']}, profile {p['name']}: "
+                how = (f"{info.get('runtime_version')}, {info['protocol']}/{info['field']}, profile {p['name']}: "
                        f"{p['bandwidth_mbps']:g} Mbit/s, {p['rtt_ms']:g} ms round trip")
             elif info.get("threads") and info.get("provenance") == "measured":
                 how = f"{how}, {info['threads']} thread(s)"

@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ RUNTIME = "spu"
 SETUP = "bash scripts/setup_mpc.sh"
 VALIDATION_SEED = 2
 VALIDATION_N = 10
+REPEATS = 3  # runs per piece and network: compute_ms is their median (rounds and bytes must agree)
 SAME_RUN = ("protocol", "field", "parties", "runtime", "runtime_version", "cpu")  # entries add up only if equal
 FORMULA = "ms = sum over pieces of compute_ms + rounds * rtt_ms + bytes * 8 / (bandwidth_mbps * 1e6) * 1000"
 
@@ -281,6 +284,21 @@ def resolve_profile(target: str, name: str | None = None, bandwidth_mbps: float 
     return Profile("custom", bandwidth, rtt, "given on the command line (--bandwidth-mbps, --rtt-ms)")
 
 
+def stored_specs(target: str, path: Path | None = None) -> list[str]:
+    """The specs an MPC table was measured for (`specs`): the default of `--spec` for an MPC target, since
+    measuring every spec of search_spaces/ in SPU would take hours."""
+    path = path or table_path(target)
+    try:
+        table = read_table(path) if path.exists() else {}
+    except LatencyError:
+        table = {}
+    specs = table.get("specs") if table.get("cost_model") == COST_MODEL else None
+    if not (isinstance(specs, list) and specs and all(isinstance(s, str) for s in specs)):
+        raise LatencyError(f"--spec: name the spec(s) whose blocks to run in SPU for target {target} (e.g. "
+                           "search_spaces/mpc_vit.yaml)")
+    return specs
+
+
 def _stored_profile(path: Path) -> Profile | None:
     """The profile of the MPC table at `path`, if there is a readable one."""
     try:
@@ -328,15 +346,18 @@ def provenance(runner: ModuleType, target: str, profile: Profile) -> dict[str, A
         "cpu": cpu,
         "runtime": RUNTIME,
         "runtime_version": runner.spu_version(),
-        "threads": int(getattr(runner, "THREADS", 1)),
+        "threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "method": (f"nas.mpc.runner: each piece of the MPC cost decomposition (nas.mpc.pieces: conv blocks whole; "
                    "attention = layernorm, q/k and v linears, [depthwise conv on V], one attention core per group "
                    "of heads of one kind, [hard-swish], projection; FFN = layernorm, linear, activation, linear) "
                    f"run alone in SPU's {runner.PARTIES}-party simulator ({runner.PROTOCOL} over {runner.FIELD}) on "
-                   "secret-shared random inputs and weights; rounds and bytes from SPU's communication counters, "
-                   f"compute_ms its wall time on this CPU. Latency on the profile: {FORMULA}"),
+                   f"secret-shared random inputs and weights, {REPEATS} times; rounds and bytes are party 0's send "
+                   f"actions and bytes (the same in every run), compute_ms the median of the runs' execution time "
+                   "on this CPU (both parties in one process, on the CPUs counted in `threads`; it moves with the "
+                   f"machine's load). Latency on the profile: {FORMULA}"),
         "provenance": "measured",
+        "repeats": REPEATS,
         "cost_model": COST_MODEL,
         "protocol": runner.PROTOCOL,
         "field": runner.FIELD,
@@ -345,10 +366,11 @@ def provenance(runner: ModuleType, target: str, profile: Profile) -> dict[str, A
     }
 
 
-def _sibling_entries(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Entries of the other MPC tables beside `path` measured with the same SPU, protocol, field and CPU (piece
-    costs do not depend on the profile), with the target they come from."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+def _sibling_tables(path: Path, header: dict[str, Any], newer_than: str | None = None) -> list[dict[str, Any]]:
+    """The other MPC tables beside `path` measured with the same SPU, protocol, field and CPU (their pieces and
+    networks cost the same: only the profile differs), each measured after `newer_than` when given (what
+    `--refresh` may reuse: a table whose entries were all measured after this one's)."""
+    found = []
     for other in sorted(path.parent.glob("*.json")):
         if other.resolve() == path.resolve():
             continue
@@ -356,10 +378,57 @@ def _sibling_entries(path: Path, header: dict[str, Any]) -> dict[str, tuple[str,
             table = read_table(other)
         except LatencyError:
             continue
-        if table.get("cost_model") == COST_MODEL and all(table.get(k) == header[k] for k in SAME_RUN):
-            for key, value in table["entries"].items():
-                found.setdefault(key, (table["target"], value))
+        if table.get("cost_model") == COST_MODEL and all(table.get(k) == header[k] for k in SAME_RUN) and (
+                newer_than is None or _when(entries_date(table)) > _when(newer_than)):
+            found.append(table)
     return found
+
+
+def entries_date(table: dict[str, Any]) -> str:
+    """When the oldest of a table's entries was measured in SPU (`entries_date`; a copied entry keeps the date
+    of its measurement), else the table's date."""
+    return str(table.get("entries_date") or table.get("date") or "")
+
+
+def _when(date: Any) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(date))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _sibling_entries(tables: Sequence[dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The entries of `tables` (from `_sibling_tables`) by piece key, with the target they come from."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for table in tables:
+        for key, value in table["entries"].items():
+            found.setdefault(key, (table["target"], value))
+    return found
+
+
+def _per_run(progress: Callable[[str], None] | None) -> Callable[[int, int], None] | None:
+    """The runner's progress (runs done, runs in all) as one `progress("run")` per finished SPU run."""
+    if progress is None:
+        return None
+    seen = [0]
+
+    def report(done: int, _total: int) -> None:
+        for _ in range(done - seen[0]):
+            progress("run")
+        seen[0] = max(seen[0], done)
+
+    return report
+
+
+def _median(values: Sequence[Any], what: str) -> Cost:
+    """One cost of repeated runs of `what`: their rounds and bytes (which must agree: SPU counts them
+    deterministically) and the median compute time."""
+    costs = [_as_cost(value, what) for value in values]
+    if len({(c.rounds, c.bytes) for c in costs}) != 1:
+        raise LatencyError(f"SPU counted different rounds or bytes for {what} in repeated runs "
+                           f"({', '.join(f'{c.rounds} rounds, {c.bytes} bytes' for c in costs)}); nothing was written")
+    return Cost(costs[0].rounds, costs[0].bytes, statistics.median(c.compute_ms for c in costs))
 
 
 def _as_cost(value: Any, key: str) -> Cost:
@@ -377,9 +446,11 @@ def measure_mpc_table(blocks: Sequence[Block], target: str, profile: Profile, re
 
     Entries are kept when the table was measured with the same SPU version, protocol, field and CPU (else it is
     re-measured whole); pieces another MPC table beside it measured the same way are copied from it, since a
-    piece's cost does not depend on the profile. `networks` (from `small_networks`), when given, are run whole
-    in SPU to validate the finished table. `plan` is told the number of SPU runs ahead, `progress` is passed to
-    the runner. The table is written once, atomically. Returns what was done."""
+    piece's cost does not depend on the profile (with `refresh`, only from a table whose entries were all
+    measured after this one's: `--refresh` of mpc-lan, then of mpc-wan, measures once). `networks` (from
+    `small_networks`), when given, are run whole in SPU to validate the finished table (or taken from such a
+    table's validation). `plan` is told the number of SPU runs ahead; `progress` is called once per run. The
+    table is written once, atomically. Returns what was done."""
     started = time.perf_counter()
     path = path or table_path(target)
     table = existing_table(path, refresh)
@@ -388,31 +459,37 @@ def measure_mpc_table(blocks: Sequence[Block], target: str, profile: Profile, re
     same = all(table.get(key) == header[key] for key in SAME_RUN)
     entries: dict[str, dict[str, Any]] = {} if refresh or not same else dict(table.get("entries", {}))
     needed = sorted({piece.key() for block in blocks for piece in pieces_of(block)})
-    siblings = {} if refresh else _sibling_entries(path, header)
-    copied = {key: siblings[key] for key in needed if key not in entries and key in siblings}
+    siblings = _sibling_tables(path, header, newer_than=entries_date(table) if refresh else None)
+    reusable = _sibling_entries(siblings)
+    copied = {key: reusable[key] for key in needed if key not in entries and key in reusable}
     entries.update({key: value for key, (_, value) in copied.items()})
     todo = [key for key in needed if key not in entries]
-    ran = {} if refresh else _sibling_networks(path, header)
+    ran = _sibling_networks(siblings)
+    new_nets = [net for net in networks if description_hash(net["description"]) not in ran]
     if plan:
-        plan(len(todo) + sum(description_hash(net["description"]) not in ran for net in networks))
-    if todo:
-        from nas.mpc.pieces import Piece
+        plan(REPEATS * (len(todo) + len(new_nets)))
+    from nas.mpc.pieces import Piece
 
-        measured = runner.measure_pieces([Piece.from_key(key) for key in todo], progress=progress)
-        missing = [key for key in todo if key not in measured]
-        if missing:
-            raise LatencyError(f"the MPC runner returned no cost for piece {missing[0]}; nothing was written")
-        entries.update({key: _as_cost(measured[key], key).to_dict() for key in todo})
+    piece_runs, net_runs = _interleaved(runner, [Piece.from_key(key) for key in todo], new_nets, progress)
+    missing = [key for key in todo if any(key not in run for run in piece_runs)]
+    if missing:
+        raise LatencyError(f"the MPC runner returned no cost for piece {missing[0]}; nothing was written")
+    entries.update({key: _median([run[key] for run in piece_runs], f"piece {key}").to_dict() for key in todo})
     unchanged = same and not refresh and not todo and not copied and table.get("profile") == header["profile"]
-    out = {**header, "entries": dict(sorted(entries.items())),
+    specs = sorted(set(spec_names) | set(table.get("specs", []) if same and not refresh else []))
+    dates = ([entries_date(table)] if len(entries) > len(todo) + len(copied) else []) + [header["date"]] * bool(todo)
+    sources = {source for source, _ in copied.values()}
+    dates += [entries_date(t) for t in siblings if t["target"] in sources]
+    out = {**header, "specs": specs, "entries_date": min(dates, key=_when, default=header["date"]),
+           "entries": dict(sorted(entries.items())),
            "validation": table.get("validation") if unchanged else None}
     if networks:
         model = MPCTableModel(target, out, path)
-        out["validation"] = validation_record(model, networks, _network_costs(networks, ran, runner, progress),
+        out["validation"] = validation_record(model, networks, _network_costs(networks, ran, new_nets, net_runs),
                                               spec_names)
     write_table(out, path)
     return {"table": str(path), "target": target, "profile": profile.to_dict(), "pieces": len(needed),
-            "measured": len(todo), "copied": len(copied), "copied_from": sorted({t for t, _ in copied.values()}),
+            "measured": len(todo), "copied": len(copied), "copied_from": sorted(sources),
             "present": len(needed) - len(todo) - len(copied), "seconds": round(time.perf_counter() - started, 1),
             "validation": _validation_summary(out["validation"])}
 
@@ -462,21 +539,13 @@ def small_networks(spaces: Sequence[SearchSpace], n: int, seed: int = VALIDATION
     return out
 
 
-def _sibling_networks(path: Path, header: dict[str, Any]) -> dict[str, tuple[Cost, str]]:
-    """Whole networks the validations of other MPC tables beside `path` ran with the same SPU, protocol, field
-    and CPU, by description hash, with the target that ran them (rounds, bytes and compute do not depend on the
-    profile, so `mpc-wan` can reuse the runs of `mpc-lan`)."""
+def _sibling_networks(tables: Sequence[dict[str, Any]]) -> dict[str, tuple[Cost, str]]:
+    """The whole networks the validations of `tables` (from `_sibling_tables`) ran, by description hash, with the
+    target that ran them: `mpc-wan` reuses the runs of `mpc-lan`."""
     done: dict[str, tuple[Cost, str]] = {}
-    for other in sorted(path.parent.glob("*.json")):
-        if other.resolve() == path.resolve():
-            continue
-        try:
-            table = read_table(other)
-        except LatencyError:
-            continue
-        if table.get("cost_model") != COST_MODEL or any(table.get(k) != header[k] for k in SAME_RUN):
-            continue
-        for net in (table.get("validation") or {}).get("networks", []):
+    for table in tables:
+        validation = table.get("validation")
+        for net in validation.get("networks", []) if isinstance(validation, dict) else []:
             m = net.get("measured") if isinstance(net, dict) else None
             if (isinstance(m, dict) and isinstance(net.get("description_hash"), str) and _count(m.get("rounds"))
                     and _count(m.get("bytes")) and _number(m.get("compute_ms")) and m["compute_ms"] > 0):
@@ -485,15 +554,29 @@ def _sibling_networks(path: Path, header: dict[str, Any]) -> dict[str, tuple[Cos
     return done
 
 
-def _network_costs(networks: Sequence[dict[str, Any]], ran: dict[str, tuple[Cost, str]], runner: ModuleType,
-                   progress: Callable[[str], None] | None) -> list[tuple[Cost, str]]:
-    """Each network's whole-network cost in SPU, with the target whose validation ran it ("": run now)."""
+def _interleaved(runner: ModuleType, pieces: Sequence[Any], networks: Sequence[dict[str, Any]],
+                 progress: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """`REPEATS` runs of every piece and network, alternating (all pieces, then all networks, and again), so
+    that a change of the machine's load between them moves both alike: (runs of the pieces by key, runs of
+    the networks in order)."""
+    piece_runs: list[dict[str, Any]] = []
+    net_runs: list[list[Any]] = []
+    descriptions = [net["description"] for net in networks]
+    for _ in range(REPEATS):
+        if pieces:
+            piece_runs.append(runner.measure_pieces(list(pieces), progress=_per_run(progress)))
+        if descriptions:
+            net_runs.append(runner.measure_networks(descriptions, progress=_per_run(progress)))
+    return piece_runs, net_runs
+
+
+def _network_costs(networks: Sequence[dict[str, Any]], ran: dict[str, tuple[Cost, str]],
+                   new: Sequence[dict[str, Any]], runs: Sequence[Sequence[Any]]) -> list[tuple[Cost, str]]:
+    """Each network's whole-network cost, with the target whose validation ran it ("": in `runs` of `new`)."""
     done = dict(ran)
-    todo = [net for net in networks if description_hash(net["description"]) not in done]
-    if todo:
-        measured = runner.measure_networks([net["description"] for net in todo], progress=progress)
-        for net, cost in zip(todo, measured, strict=True):
-            done[description_hash(net["description"])] = (_as_cost(cost, f"network {net['arch_hash']}"), "")
+    for i, net in enumerate(new):
+        done[description_hash(net["description"])] = (_median([run[i] for run in runs], f"network "
+                                                                                         f"{net['arch_hash']}"), "")
     return [done[description_hash(net["description"])] for net in networks]
 
 
@@ -570,13 +653,13 @@ def validate_mpc_table(path: Path, spaces: Sequence[SearchSpace], n: int = VALID
         model.check_covers(network_blocks(net["description"], net["description"]["resolution"]))
     runner = runner or runner_module()
     if runner.spu_version() != table["runtime_version"]:
-        raise LatencyError(f"{path}: measured with SPU {table['runtime_version']}, this is SPU "
+        raise LatencyError(f"{path}: measured with {table['runtime_version']}, the SPU here is "
                            f"{runner.spu_version()}; re-measure it with `nas latency measure --target {path.stem} "
                            "--refresh`")
-    ran = _sibling_networks(path, {k: table.get(k) for k in SAME_RUN})
     if plan:
-        plan(sum(description_hash(net["description"]) not in ran for net in networks))
-    validation = validation_record(model, networks, _network_costs(networks, ran, runner, progress), spec_names)
+        plan(REPEATS * len(networks))
+    _, runs = _interleaved(runner, [], networks, progress)
+    validation = validation_record(model, networks, _network_costs(networks, {}, networks, runs), spec_names)
     current = read_table(path)
     if {k: v for k, v in current.items() if k != "validation"} != {k: v for k, v in table.items() if k != "validation"}:
         raise LatencyError(f"{path}: the table changed while its networks ran; validation not stored, run "

@@ -221,7 +221,9 @@ def load_target(name: str, directory: Path | None = None) -> LatencyModel:
     path = table_path(name, directory)
     if not path.exists():
         known = available_targets(directory)
-        how = f" build it with `nas latency measure --target {name}`;" if name.startswith("host") else ""
+        spec = " --spec SPEC" if name in mpc.TARGET_PROFILES else ""
+        how = (f" build it with `nas latency measure --target {name}{spec}`;"
+               if name.startswith("host") or spec else "")
         raise LatencyError(
             f"target {name}: no latency table at {path};{how} known targets: {', '.join(known) or '(none)'}"
         )
