@@ -246,6 +246,16 @@ class TransformerStageSpec(_Strict):
     def heads(self, channels: int) -> int:
         return channels // self.head_dim
 
+    @model_serializer(mode="wrap")
+    def _short(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The attention and activation choices only where they differ from the build before they existed, so a
+        spec that does not use them serialises, and hashes (its trained supernet is found again), as before."""
+        data = handler(self)
+        for name, default in (("attention", ["softmax"]), ("attention_per_head", False), ("ffn_act", ["hswish"])):
+            if data.get(name) == default:
+                del data[name]
+        return data
+
 
 def _known_names(value: list[str], known: Sequence[str], what: str) -> list[str]:
     """`value` without repeats, cheapest first (`nas.ops.cost_order`); an unknown name lists the known ones."""
