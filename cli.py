@@ -525,7 +525,7 @@ def latency_measure(target: str, specs: tuple[Path, ...], runtime: str, threads:
     from nas.blocks import Block
     from nas.latency.host import check_runtime
     from nas.latency.measure import measure_host_table
-    from nas.latency.mpc import resolve_profile
+    from nas.latency.mpc_measure import resolve_profile
     from nas.latency.tables import check_target_name
     from nas.latency.validate import CALIBRATION_SEED, VALIDATION_SEED, random_networks
 
@@ -586,7 +586,7 @@ def _spu_bar(desc: str, disabled: bool) -> tuple[Any, Callable[[int], None], Cal
 
 def _measure_mpc(target: str, specs: tuple[Path, ...], profile: Any, validate_n: int, refresh: bool,
                  no_progress: bool, as_json: bool) -> None:
-    from nas.latency.mpc import measure_mpc, stored_specs
+    from nas.latency.mpc_measure import measure_mpc, stored_specs
 
     spaces, names = _spaces(specs or tuple(Path(name) for name in stored_specs(target)))
     bar, plan, tick = _spu_bar(f"measure {target} (SPU)", no_progress)
@@ -652,7 +652,8 @@ def latency_validate(target: str, specs: tuple[Path, ...], count: int | None, se
 
     MPC tables: run N small random subnets whole in SPU and store how far the table's sums of pieces fall from
     their rounds, bytes, compute time and latency per profile."""
-    from nas.latency.mpc import COST_MODEL, VALIDATION_N, stored_specs, validate_mpc_table
+    from nas.latency.mpc import COST_MODEL
+    from nas.latency.mpc_measure import VALIDATION_N, stored_specs, validate_mpc_table
     from nas.latency.tables import table_path
     from nas.latency.targets import load_target
     from nas.latency.validate import check_measured, runtime_of, validate_table

@@ -15,17 +15,8 @@ import yaml
 
 from nas.blocks import Block
 from nas.errors import LatencyError
-from nas.latency.mpc import (
-    PROFILES,
-    REPEATS,
-    Cost,
-    MPCTableModel,
-    Profile,
-    measure_mpc,
-    resolve_profile,
-    small_networks,
-    validate_mpc_table,
-)
+from nas.latency.mpc import PROFILES, Cost, MPCTableModel, Profile
+from nas.latency.mpc_measure import REPEATS, measure_mpc, resolve_profile, small_networks, validate_mpc_table
 from nas.latency.tables import read_table, write_table
 from nas.latency.targets import load_target
 from nas.mpc.pieces import pieces_of
