@@ -64,6 +64,15 @@ def with_kinds(arch: ArchConfig, kinds: dict[HeadSlot, str], default: str) -> Ar
     return replace(arch, stages=tuple(stages))
 
 
+def with_activation(arch: ArchConfig, act: str | None) -> ArchConfig:
+    """`arch` with every FFN's activation `act` (None: unchanged)."""
+    if act is None:
+        return arch
+    stages = tuple(StageArch(stage.channels, tuple(replace(layer, act=act) if isinstance(layer, TransformerLayer)
+                                                   else layer for layer in stage.layers)) for stage in arch.stages)
+    return replace(arch, stages=stages)
+
+
 def head_slots(arch: ArchConfig) -> list[HeadSlot]:
     return [HeadSlot(i, j, h) for i, stage in enumerate(arch.stages) for j, layer in enumerate(stage.layers)
             if isinstance(layer, TransformerLayer) for h in range(len(layer.attention))]
@@ -114,10 +123,11 @@ def _attention_modules(supernet: Supernet, arch: ArchConfig) -> dict[tuple[int, 
 def search_heads(supernet: Supernet, evaluator: Evaluator, base: ArchConfig, spec: MPCViTSpec,
                  latency: LatencyModel, x_train: torch.Tensor, seed: int = 0,
                  log: Callable[[str], None] | None = None) -> HeadSearchResult:
-    """Learn the head weights of `base` (its heads' own kinds are ignored) and binarise them for each budget."""
+    """Learn the head weights of `base` (its heads' own kinds are ignored; its FFN activations set to
+    `spec.ffn_act` when given) and binarise them for each budget."""
     space = supernet.space
     first, second = spec.between
-    arch = with_kinds(base, {}, first)
+    arch = with_kinds(with_activation(base, spec.ffn_act), {}, first)
     slots = head_slots(arch)
     costs = head_costs(arch, space, latency, first, second)
     gap = sum(costs.values())

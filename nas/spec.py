@@ -922,11 +922,13 @@ class MPCViTSpec(_Strict):
     what its costlier kind adds to the latency on the first target, over the arch's latency gap between all
     costlier and all cheaper. Each of `budgets` (fractions of that gap) is then met by giving the costlier kind
     to the heads of the largest weights while the latency stays within the budget; each becomes a candidate of
-    the job, evaluated and stored like any other. Needs `attention_per_head` and both kinds in every
-    transformer stage."""
+    the job, evaluated and stored like any other. `ffn_act` sets every FFN's activation of the searched archs
+    (e.g. relu: under two-party computation GELU costs ~20x ReLU's rounds); default: the arch's own. Needs
+    `attention_per_head` and both kinds (and `ffn_act`) in every transformer stage."""
 
     between: Annotated[list[str], Field(min_length=2, max_length=2)] = ["softmax", "scaling"]
     arch: str = "largest"
+    ffn_act: str | None = None  # every FFN of the searched archs takes this activation (default: the arch's own)
     steps: _upto(MAX_STEPS) = 200
     lr: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] = 0.05
     penalty: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] = 1.0
@@ -1126,6 +1128,9 @@ class Spec(_Strict):
             if missing:
                 raise ValueError(f"search.mpcvit.between: {missing[0]!r} is not among space.stages[{i}].attention "
                                  f"({', '.join(stage.attention)})")
+            if mpcvit.ffn_act is not None and mpcvit.ffn_act not in stage.ffn_act:
+                raise ValueError(f"search.mpcvit.ffn_act: {mpcvit.ffn_act!r} is not among space.stages[{i}].ffn_act "
+                                 f"({', '.join(stage.ffn_act)})")
         if mpcvit.arch != "largest" and mpcvit.arch not in (self.presets or {}):
             known = ", ".join(["largest", *sorted(self.presets or {})])
             raise ValueError(f"search.mpcvit.arch: {mpcvit.arch!r} is neither `largest` nor a preset (known: {known})")

@@ -3,6 +3,7 @@ latency model whose cost per head is known."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,12 @@ def test_softmax_teacher_and_feature_distillation(setup) -> None:
     ({"between": ["scaling", "scaling"]}, "two different attention kinds"),
     ({"between": ["softmax", "quad"]}, "'quad' is not among space.stages[0].attention"),
     ({"arch": "mine"}, "neither `largest` nor a preset"),
+    ({"ffn_act": "relu"}, "'relu' is not among space.stages[0].ffn_act (hswish)"),
 ])
 def test_bad_mpcvit_settings_name_the_field(change, message) -> None:
     spec = yaml.safe_load(yaml.safe_dump(SPEC))
     spec["search"]["mpcvit"].update(change)
-    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SpecError, match=re.escape(message)):
         parse_spec(spec, "bad.yaml")
 
 
@@ -139,3 +141,18 @@ def test_the_head_search_needs_per_head_attention() -> None:
     spec["space"]["stages"][0]["attention_per_head"] = False
     with pytest.raises(SpecError, match="needs `attention_per_head: true`"):
         parse_spec(spec, "bad.yaml")
+
+
+def test_the_searched_archs_take_the_asked_activation(setup) -> None:
+    space, supernet, evaluator = setup
+    raw = yaml.safe_load(yaml.safe_dump(SPEC))
+    raw["space"]["stages"][0]["ffn_act"] = ["relu", "hswish"]
+    raw["search"]["mpcvit"].update(ffn_act="relu", steps=2)
+    spec = parse_spec(raw, "mpcvit")
+    relu_space = SearchSpace.from_spec(spec, 1, 10)
+    torch.manual_seed(0)
+    net = Supernet(relu_space).eval()
+    images = torch.randn(64, 1, 8, 8)
+    found = search_heads(net, Evaluator(net, images[:32], images[32:], torch.randint(0, 10, (32,))),
+                         relu_space.largest(), spec.search.mpcvit, PerHeadCost(), images)
+    assert {layer.act for arch in found.archs for s in arch.stages for layer in s.layers} == {"relu"}
