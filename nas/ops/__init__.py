@@ -30,6 +30,20 @@ FFN_ACTIVATIONS = ("gelu", "hswish", "relu")
 DEFAULT_ATTENTION = "softmax"
 DEFAULT_ACTIVATION = "hswish"
 OP_MODULES = BASE_MODULES + tuple(f"attn_{kind}" for kind in ATTENTION_KINDS)
+
+# Numeric formats (FLIQS): name -> (family, bits, exponent bits, mantissa bits). Integers are symmetric
+# (-(2^(b-1) - 1) .. 2^(b-1) - 1 times a scale; `quant_int`); floats have IEEE-style subnormals, round to nearest
+# even and saturate at their largest finite value (`quant_float`; fp8_e4m3 is the "fn" variant without
+# infinities, max 448; fp4_e2m1 has no infinity or NaN, max 6). fp32 is the identity.
+NUMERIC_FORMATS: dict[str, tuple[str, int, int, int]] = {
+    "fp32": ("none", 32, 8, 23),
+    "bf16": ("float", 16, 8, 7),
+    "fp8_e4m3": ("float", 8, 4, 3),
+    "fp8_e5m2": ("float", 8, 5, 2),
+    "fp4_e2m1": ("float", 4, 2, 1),
+    "int8": ("int", 8, 0, 0),
+    "int4": ("int", 4, 0, 0),
+}
 # Expected cost under two-party computation, cheapest first (measured: `latency_tables/mpc-*.json`). A
 # space's choices are kept in this order, so its smallest arch takes the cheapest and its largest the
 # costliest (the all-softmax teacher). Kinds and activations not listed go last, by name.
