@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nas.blocks import Block
-from nas.ops import DEFAULT_ACTIVATION, DEFAULT_ATTENTION, mix_name
+from nas.ops import DEFAULT_ACTIVATION, DEFAULT_ATTENTION, layer_kinds, mix_name
 from nas.spec import ConvStageSpec, SpaceSpec, Spec, TransformerStageSpec
 
 
@@ -50,9 +50,8 @@ class TransformerLayer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransformerLayer:
-        attention = data.get("attention", DEFAULT_ATTENTION)
-        kinds = (attention,) if isinstance(attention, str) else tuple(attention)
-        return cls(int(data["mlp_ratio"]), int(data["v_scale"]), kinds, str(data.get("act", DEFAULT_ACTIVATION)))
+        return cls(int(data["mlp_ratio"]), int(data["v_scale"]), layer_kinds(data),
+                   str(data.get("act", DEFAULT_ACTIVATION)))
 
 
 Layer = ConvLayer | TransformerLayer
@@ -148,7 +147,7 @@ class SearchSpace:
     @staticmethod
     def _layer_choices(stage: ConvStageSpec | TransformerStageSpec) -> list[Layer]:
         """Every choice of one layer; in a stage with per-head attention, with the attention left at its
-        default (the heads' kinds are chosen apart: `_head_kinds`)."""
+        default (the heads' kinds are chosen apart: `_with_heads`)."""
         if isinstance(stage, ConvStageSpec):
             return [ConvLayer(e, k) for e in stage.expand for k in stage.kernel]
         kinds = [(DEFAULT_ATTENTION,)] if stage.attention_per_head else [(a,) for a in stage.attention]
@@ -222,9 +221,9 @@ class SearchSpace:
         head = len(self._head_choice()) * max(1, len(self.spec.head.final_channels))
         total = len(self.spec.resolution) * len(self.spec.stem.channels) * head
         for stage in self.spec.stages:
-            per_channels = 0
+            per_channels, choices = 0, len(self._layer_choices(stage))
             for channels in stage.channels:
-                per_layer = len(self._layer_choices(stage))
+                per_layer = choices
                 if isinstance(stage, TransformerStageSpec) and stage.attention_per_head:
                     per_layer *= len(stage.attention) ** stage.heads(channels)
                 per_channels += sum(per_layer**d for d in range(stage.depth.min, stage.depth.max + 1))
@@ -354,7 +353,7 @@ class SearchSpace:
 
     # ---- the network an arch describes ---------------------------------------------------------------
     def describe(self, arch: ArchConfig) -> dict[str, Any]:
-        """A self-contained description of the network (what `static_model.build` takes; format 2)."""
+        """A self-contained description of the network (what `static_model.build` takes; format 3)."""
         stages = []
         for stage, spec in zip(arch.stages, self.spec.stages, strict=True):
             entry: dict[str, Any] = {"type": spec.type, "stride": spec.stride, "channels": stage.channels,
@@ -449,12 +448,6 @@ ATTN_OPTIONS = {"v_dwconv": False, "rel_pos_bias": False, "proj_act": False, "qk
 
 def _attn_options(stage: dict[str, Any]) -> dict[str, bool]:
     return {name: bool(stage.get(name, default)) for name, default in ATTN_OPTIONS.items()}
-
-
-def layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
-    """The attention kinds of a described transformer layer: one for all heads, or one per head."""
-    attention = layer.get("attention", DEFAULT_ATTENTION)
-    return (attention,) if isinstance(attention, str) else tuple(attention)
 
 
 def _conv_block(kind: str, hw: int, cin: int, cout: int, stride: int, kernel: int, expand: int, se: bool,

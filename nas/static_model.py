@@ -222,6 +222,7 @@ def _conv_options(stage: dict[str, Any], expand: int, version: int) -> dict[str,
 
 
 def _layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
+    """`nas.ops.layer_kinds`, repeated here: an export's copy of this file cannot import `nas`."""
     attention = layer.get("attention", "softmax")
     return (attention,) if isinstance(attention, str) else tuple(attention)
 

@@ -31,7 +31,7 @@ from nas.latency.mpc import (
     pieces_of,
     table_profile,
 )
-from nas.latency.tables import quote, read_table, table_path, write_table
+from nas.latency.tables import quote, read_table, store_validation, table_path, write_table
 from nas.space import SearchSpace, network_blocks
 
 RUNTIME = "spu"
@@ -457,9 +457,5 @@ def validate_mpc_table(path: Path, spaces: Sequence[SearchSpace], n: int = VALID
         plan(REPEATS * len(networks))
     _, runs = _interleaved(runner, [], networks, progress)
     validation = validation_record(model, networks, _network_costs(networks, {}, networks, runs), spec_names)
-    current = read_table(path)
-    if {k: v for k, v in current.items() if k != "validation"} != {k: v for k, v in table.items() if k != "validation"}:
-        raise LatencyError(f"{path}: the table changed while its networks ran; validation not stored, run "
-                           "`nas latency validate` again")
-    write_table({**table, "validation": validation}, path)
+    store_validation(path, table, validation, "ran")
     return validation

@@ -149,6 +149,17 @@ def read_table(path: Path) -> dict[str, Any]:
     return data
 
 
+def store_validation(path: Path, table: dict[str, Any], validation: dict[str, Any], during: str) -> None:
+    """Write `validation` into the table at `path`, read as `table` before its networks ran, unless the file
+    changed meanwhile (`during` says what ran, for the error): a validation always describes the entries it
+    sits beside."""
+    current = read_table(path)
+    if {k: v for k, v in current.items() if k != "validation"} != {k: v for k, v in table.items() if k != "validation"}:
+        raise LatencyError(f"{path}: the table changed while its networks {during}; validation not stored, run "
+                           "`nas latency validate` again")
+    write_table({**table, "validation": validation}, path)
+
+
 def write_table(data: dict[str, Any], path: Path) -> None:
     """Write atomically: a temporary file in the same folder, then rename over the old table."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from nas.blocks import BLOCK_KINDS, Block
 from nas.errors import LatencyError
 from nas.latency import host
 from nas.latency.fitted import nnls
-from nas.latency.tables import read_table, write_table
+from nas.latency.tables import read_table, store_validation
 from nas.space import ArchConfig, SearchSpace, network_blocks
 
 CALIBRATION_SEED = 1
@@ -247,9 +247,5 @@ def validate_table(path: Path, spaces: Sequence[SearchSpace], n: int = 50, seed:
     drift = [t.ms / c["measured_ms"] for t, c in zip(timings[len(networks):], calibration_nets, strict=True)]
     validation = validation_record(model, networks, timings[:len(networks)], LATER_SESSION, seed, spec_names,
                                    statistics.median(drift) if drift else None)
-    current = read_table(path)
-    if {k: v for k, v in current.items() if k != "validation"} != {k: v for k, v in table.items() if k != "validation"}:
-        raise LatencyError(f"{path}: the table changed while its networks were timed; validation not stored, "
-                           "run `nas latency validate` again")
-    write_table({**table, "validation": validation}, path)
+    store_validation(path, table, validation, "were timed")
     return validation

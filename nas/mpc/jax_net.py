@@ -25,6 +25,7 @@ import numpy as np
 
 from nas.blocks import Block
 from nas.mpc.pieces import Piece
+from nas.ops import layer_kinds
 
 Array = Any  # a jax or numpy array
 Params = Mapping[str, np.ndarray]
@@ -268,11 +269,6 @@ def _attention_options(stage: dict[str, Any], version: int) -> dict[str, bool]:
     return dict(ATTENTION_OPTIONS) if version == 1 else {k: bool(stage.get(k, d)) for k, d in ATTENTION_OPTIONS.items()}
 
 
-def _layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
-    attention = layer.get("attention", "softmax")
-    return (attention,) if isinstance(attention, str) else tuple(attention)
-
-
 def _conv_bn_shapes(prefix: str, cin: int, cout: int, kernel: int, groups: int = 1) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {f"{prefix}.0.weight": (cout, cin // groups, kernel, kernel)}
     for name in ("weight", "bias", "running_mean", "running_var"):
@@ -430,7 +426,7 @@ def forward(network: dict[str, Any]) -> Callable[[Params, Array], Array]:
             options = _attention_options(stage, version)
             for j, layer in enumerate(stage["layers"]):
                 prefix = f"stages.{i}.layers.{j}."
-                tokens = attention(tokens, w, prefix + "0.", stage["head_dim"], side, _layer_kinds(layer), options)
+                tokens = attention(tokens, w, prefix + "0.", stage["head_dim"], side, layer_kinds(layer), options)
                 tokens = feed_forward(tokens, w, prefix + "1.", layer.get("act", "hswish"))
             x = tokens.transpose(0, 2, 1).reshape(batch, channels, height, width)
         final = bool(network["head"].get("final", 0)) if version > 1 else False

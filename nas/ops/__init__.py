@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 BASE_MODULES = ("attention", "activation", "conv")
@@ -54,6 +55,13 @@ def cost_order(names: list[str] | tuple[str, ...]) -> list[str]:
     """`names` without repeats, cheapest first (`COST_ORDER`)."""
     rank = {name: i for i, name in enumerate(COST_ORDER)}
     return sorted(set(names), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def layer_kinds(layer: dict[str, Any]) -> tuple[str, ...]:
+    """The attention kinds of a described transformer layer (`attention`: a kind for every head, or a list of one
+    per head; the default when absent)."""
+    attention = layer.get("attention", DEFAULT_ATTENTION)
+    return (attention,) if isinstance(attention, str) else tuple(attention)
 
 
 def mix_name(kinds: tuple[str, ...] | list[str]) -> str:
